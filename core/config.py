@@ -1,0 +1,61 @@
+"""Engine configuration (no torch): what to load, how big the batch and the KV cache are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pegboard.core.errors import InvalidParameterError
+
+DEFAULT_MODEL = "smollm2"
+
+
+@dataclass
+class EngineConfig:
+    """Every knob of one engine; ``LLM(**kwargs)`` and ``pegboard serve`` flags map onto it."""
+
+    model: str = DEFAULT_MODEL
+    tokenizer: str | None = None
+    dtype: str = "auto"  # auto, float32, bfloat16, float16
+    max_model_len: int | None = None  # None: the model's context length
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int | None = None  # None: max(2048, max_model_len) capped
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # None: sized from kv_cache_memory_gb / gpu_memory_utilization
+    kv_cache_memory_gb: float | None = None  # CPU KV cache size; None: 4 GiB
+    gpu_memory_utilization: float = 0.9
+    load_format: str = "auto"  # auto, safetensors, gguf, dummy
+    quantization: str | None = None
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    attention_backend: str = "auto"
+    sampler: str = "default"
+    block_allocator: str = "plain"
+    executor: str = "uniproc"
+    enable_prefix_caching: bool = False
+    enforce_eager: bool = False
+    revision: str | None = None
+    trust_remote_code: bool = False
+    skip_tokenizer_init: bool = False
+    disable_progress_bar: bool = False
+    plugins: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)  # options for plugins
+
+    def __post_init__(self) -> None:
+        self.plugins = tuple(self.plugins)
+        if self.enable_prefix_caching and self.block_allocator == "plain":
+            self.block_allocator = "prefix-caching"
+        for name in ("max_num_seqs", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}", param=name)
+        for name in ("max_model_len", "max_num_batched_tokens", "num_kv_blocks"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}", param=name)
+        if self.dtype not in ("auto", "float32", "float", "bfloat16", "float16", "half"):
+            raise InvalidParameterError(
+                f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}", param="dtype")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise InvalidParameterError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}",
+                param="gpu_memory_utilization")

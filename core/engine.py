@@ -1,0 +1,251 @@
+"""LLMEngine: requests in, RequestOutputs out; one ``step()`` = schedule, run the model, update."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pegboard.core.config import EngineConfig
+from pegboard.core.detokenizer import IncrementalDetokenizer
+from pegboard.core.errors import InvalidParameterError, PromptTooLongError
+from pegboard.core.model_files import pick_loader, resolve_model
+from pegboard.core.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
+from pegboard.core.plugins import Board, load_board
+from pegboard.core.request import Request, RequestStatus
+from pegboard.core.runner_output import TokenLogprobs
+from pegboard.core.sampling_params import SamplingParams
+from pegboard.core.scheduler import Scheduler
+
+logger = logging.getLogger("pegboard.engine")
+
+
+@dataclass
+class StepStats:
+    """What one engine step did, for observers (metrics)."""
+
+    step_time: float
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_prompt_tokens: int  # prefill tokens computed this step
+    num_generation_tokens: int  # tokens sampled this step
+    num_preempted: int
+    num_batched_tokens: int
+
+
+class _Group:
+    """A user request: its prompt and its n sequences (each a scheduler Request)."""
+
+    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int]) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.children: list[Request] = []
+        self.detokenizers: list[IncrementalDetokenizer] = []
+
+    @property
+    def finished(self) -> bool:
+        return all(child.is_finished for child in self.children)
+
+
+class LLMEngine:
+    """The engine core: owns the board, tokenizer, scheduler and executor."""
+
+    def __init__(self, config: EngineConfig, board: Board | None = None) -> None:
+        started = time.perf_counter()
+        self.config = config
+        self.board = board or load_board(config.plugins)
+        self.files = resolve_model(self.board.model_sources, config.model, revision=config.revision)
+        _, loader = pick_loader(self.board.model_loaders, self.files, config.load_format)
+        self.hf_config = loader.load_config(self.files)
+        self.tokenizer = None if config.skip_tokenizer_init else loader.load_tokenizer(self.files)
+        self.max_model_len = self._max_model_len()
+        self.executor = self.board.executors.get(config.executor)(
+            config, self.board, self.files, loader, self.hf_config, self.max_model_len)
+        self.block_manager = self.board.block_allocators.get(config.block_allocator)(
+            self.executor.num_kv_blocks, config.block_size)
+        self.max_num_batched_tokens = config.max_num_batched_tokens or max(2048, min(self.max_model_len, 8192))
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs=config.max_num_seqs,
+                                   max_num_batched_tokens=self.max_num_batched_tokens)
+        self.eos_token_id = self._eos_token_id()
+        self.groups: dict[str, _Group] = {}
+        self.requests: dict[str, Request] = {}
+        self._observe_steps = self.board.has_observers("on_step_end")
+        self._observe_finished = self.board.has_observers("on_request_finished")
+        self.startup_seconds = time.perf_counter() - started
+        logger.info("engine ready in %.1f s: %s, max_model_len=%d", self.startup_seconds, self.files.name,
+                    self.max_model_len)
+        self.board.pm.hook.on_engine_start(engine=self)
+
+    def _max_model_len(self) -> int:
+        limit = getattr(self.hf_config, "max_position_embeddings", None) or 2048
+        if self.config.max_model_len is None:
+            return limit
+        if self.config.max_model_len > limit:
+            raise InvalidParameterError(
+                f"max_model_len {self.config.max_model_len} exceeds the model's context length {limit}",
+                param="max_model_len")
+        return self.config.max_model_len
+
+    def _eos_token_id(self) -> int | None:
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            return self.tokenizer.eos_token_id
+        eos = getattr(self.hf_config, "eos_token_id", None)
+        return eos[0] if isinstance(eos, list) else eos
+
+    # ---- requests in -------------------------------------------------------------------------
+
+    def tokenize(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        if self.tokenizer is None:
+            raise InvalidParameterError("this engine has no tokenizer: pass prompt token ids", param="prompt")
+        return self.tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
+                    *, add_special_tokens: bool = True, arrival_time: float | None = None) -> None:
+        """Validate and queue a request (a string prompt is tokenized, token ids are used as they are)."""
+        params = params or SamplingParams()
+        if request_id in self.groups:
+            raise InvalidParameterError(f"request id {request_id!r} is already in use", param="request_id")
+        if isinstance(prompt, str):
+            text, ids = prompt, self.tokenize(prompt, add_special_tokens)
+        else:
+            text, ids = None, list(prompt)
+        self._check_prompt(ids)
+        max_tokens = self.max_model_len - len(ids)
+        if params.max_tokens is not None:
+            max_tokens = min(max_tokens, params.max_tokens)
+        group = _Group(request_id, text, ids)
+        for index in range(params.n):
+            child_params = params
+            if params.n > 1 and params.seed is not None:
+                child_params = params.clone(seed=params.seed + index)
+            child_id = request_id if params.n == 1 else f"{request_id}#{index}"
+            child = Request(child_id, ids, child_params, eos_token_id=self.eos_token_id, max_tokens=max_tokens,
+                            parent_id=request_id, index=index, arrival_time=arrival_time)
+            group.children.append(child)
+            group.detokenizers.append(IncrementalDetokenizer(
+                self.tokenizer, ids, params.skip_special_tokens, params.stop, params.include_stop_str_in_output))
+            self.requests[child_id] = child
+        self.groups[request_id] = group
+        for child in group.children:
+            self.scheduler.add_request(child)
+
+    def _check_prompt(self, ids: list[int]) -> None:
+        if not ids:
+            raise InvalidParameterError("the prompt is empty", param="prompt")
+        if len(ids) >= self.max_model_len:
+            raise PromptTooLongError(
+                f"the prompt has {len(ids)} tokens but max_model_len is {self.max_model_len} "
+                f"(prompt plus at least one generated token must fit)")
+        vocab = self.hf_config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            raise InvalidParameterError(f"prompt token ids must be integers in [0, {vocab})", param="prompt")
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request now and free its blocks; unknown ids are ignored."""
+        group = self.groups.pop(request_id, None)
+        if group is None:
+            return
+        for child in group.children:
+            self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
+            self.requests.pop(child.request_id, None)
+        self.executor.free([child.request_id for child in group.children])
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, and return outputs of the requests that got new tokens."""
+        started = time.perf_counter()
+        scheduled = self.scheduler.schedule()
+        if scheduled.is_empty:
+            return []
+        result = self.executor.execute(scheduled)
+        prompt_tokens = sum(max(0, min(r.num_computed_tokens + n, r.num_prompt_tokens) - r.num_computed_tokens)
+                            for r, n in zip(scheduled.requests, scheduled.num_new_tokens))
+        self.scheduler.on_step_done(scheduled)
+        now = time.monotonic()
+        for request_id, rows in result.prompt_logprobs.items():
+            request = self.requests[request_id]
+            request.prompt_logprobs.extend(self._logprob_dicts(row, request.sampling_params.prompt_logprobs)
+                                           for row in rows)
+        touched: dict[str, _Group] = {}
+        logprobs = result.logprobs or [None] * len(result.request_ids)
+        for request_id, token_id, row in zip(result.request_ids, result.token_ids, logprobs):
+            request = self.requests[request_id]
+            group = self.groups[request.parent_id]
+            request.append_token(token_id)
+            if request.metrics.first_token_time is None:
+                request.metrics.first_token_time = now
+            request.metrics.last_token_time = now
+            if row is not None and request.logprobs is not None:
+                request.cumulative_logprob += row[0][1]
+                request.logprobs.append(self._logprob_dicts(row, request.sampling_params.logprobs))
+            status = self._stop_status(request, token_id)
+            stop_string = group.detokenizers[request.index].add_tokens([token_id])
+            if status is None and stop_string is not None and request.num_output_tokens >= \
+                    request.sampling_params.min_tokens:
+                status, request.stop_reason = RequestStatus.FINISHED_STOPPED, stop_string
+            if status is not None:
+                self.scheduler.finish(request, status)
+                request.metrics.finished_time = now
+            touched[group.request_id] = group
+        outputs = [self._output(group) for group in touched.values()]
+        self._retire_finished(outputs)
+        if self._observe_steps:
+            self.board.pm.hook.on_step_end(stats=StepStats(
+                step_time=time.perf_counter() - started, num_running=self.scheduler.num_running,
+                num_waiting=self.scheduler.num_waiting, kv_cache_usage=self.block_manager.usage,
+                num_prompt_tokens=prompt_tokens, num_generation_tokens=len(result.request_ids),
+                num_preempted=scheduled.num_preempted, num_batched_tokens=scheduled.num_batched_tokens))
+        return outputs
+
+    def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            if token_id == request.eos_token_id and not params.ignore_eos:
+                request.stop_reason = None
+                return RequestStatus.FINISHED_STOPPED
+            if token_id in params.stop_token_ids:
+                request.stop_reason = token_id
+                return RequestStatus.FINISHED_STOPPED
+        if request.num_output_tokens >= request.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _logprob_dicts(self, row: TokenLogprobs, k: int) -> PositionLogprobs:
+        """The chosen token plus the top-k, as {token_id: Logprob}."""
+        entries = row[:1] + row[1:1 + k]
+        return {token: Logprob(value, rank, self._decode_token(token)) for token, value, rank in entries}
+
+    def _decode_token(self, token_id: int) -> str | None:
+        return None if self.tokenizer is None else self.tokenizer.decode([token_id])
+
+    def _output(self, group: _Group) -> RequestOutput:
+        outputs = []
+        for child, detok in zip(group.children, group.detokenizers):
+            finish = child.status.value if child.is_finished else None
+            outputs.append(CompletionOutput(
+                index=child.index, text=detok.text, token_ids=list(child.output_token_ids),
+                cumulative_logprob=child.cumulative_logprob if child.logprobs is not None else None,
+                logprobs=child.logprobs, finish_reason=finish, stop_reason=child.stop_reason))
+        first = group.children[0]
+        return RequestOutput(request_id=group.request_id, prompt=group.prompt,
+                             prompt_token_ids=group.prompt_token_ids, outputs=outputs, finished=group.finished,
+                             prompt_logprobs=first.prompt_logprobs, metrics=first.metrics,
+                             num_cached_tokens=first.num_cached_tokens)
+
+    def _retire_finished(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            if not output.finished:
+                continue
+            group = self.groups.pop(output.request_id)
+            for child in group.children:
+                self.requests.pop(child.request_id, None)
+            self.executor.free([child.request_id for child in group.children])
+            if self._observe_finished:
+                self.board.pm.hook.on_request_finished(output=output)

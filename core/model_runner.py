@@ -1,0 +1,207 @@
+"""ModelRunner: loads the model, owns the paged KV cache, runs one flat token batch per step."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from pegboard.core.attention import AttentionContext, BatchLayout, KVCacheSpec
+from pegboard.core.config import EngineConfig
+from pegboard.core.errors import InvalidParameterError
+from pegboard.core.model_files import ModelFiles
+from pegboard.core.request import Request
+from pegboard.core.runner_output import RunnerOutput, TokenLogprobs
+from pegboard.core.scheduler import SchedulerOutput
+
+logger = logging.getLogger("pegboard.runner")
+
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+           "float16": torch.float16, "half": torch.float16}
+CPU_KV_CACHE_GB = 4.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidParameterError("device 'cuda' was asked for but no CUDA device is available", param="device")
+    return device
+
+
+def resolve_dtype(name: str, hf_config: Any, device: torch.device) -> torch.dtype:
+    """``auto`` -> float32 on CPU; on GPU the checkpoint's half type (bfloat16 for float32 checkpoints)."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cpu":
+        return torch.float32
+    stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    return torch.float16 if stored in (torch.float16, "float16") else torch.bfloat16
+
+
+class ModelRunner:
+    """Everything on the device: model weights, KV cache, attention backend, sampler."""
+
+    def __init__(self, config: EngineConfig, board: Any, files: ModelFiles, loader: Any, hf_config: Any,
+                 max_model_len: int) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, hf_config, self.device)
+        self.hf_config = hf_config
+        self.max_model_len = max_model_len
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+
+        architecture = (getattr(hf_config, "architectures", None) or ["?"])[0]
+        factory = board.model_architectures.get(architecture)
+        started = time.perf_counter()
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with torch.device(self.device):
+                self.model = factory(hf_config, max_positions=max_model_len)
+        finally:
+            torch.set_default_dtype(default_dtype)
+        with torch.no_grad():
+            loader.load_weights(self.model, files, hf_config)
+        self.model.eval()
+        logger.info("loaded %s (%s, %s) in %.1f s", architecture, self.dtype, self.device,
+                    time.perf_counter() - started)
+
+        self.vocab_size = hf_config.vocab_size
+        self.block_size = config.block_size
+        self.kv_spec = self._kv_cache_spec()
+        backend_name = self._attention_backend_name(board)
+        attn = self.model.layers[0].self_attn
+        self.attention = board.attention_backends.get(backend_name)(
+            self.kv_spec, num_heads=attn.num_heads, scale=attn.head_dim ** -0.5, device=self.device)
+        self.sampler = board.samplers.get(config.sampler)(
+            vocab_size=self.vocab_size, device=self.device, seed=config.seed)
+        self.logits_processors = [factory(vocab_size=self.vocab_size, device=self.device, config=config)
+                                  for _, factory in board.logits_processors.items()]
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.kv_spec.num_blocks
+
+    def _attention_backend_name(self, board: Any) -> str:
+        name = self.config.attention_backend
+        if name != "auto":
+            return name
+        if self.device.type == "cuda" and "triton" in board.attention_backends:
+            return "triton"
+        return "torch"
+
+    def _kv_cache_spec(self) -> KVCacheSpec:
+        """Size the KV cache: explicit block count, else the memory budget, capped at what max_num_seqs
+        requests of max_model_len tokens could ever use."""
+        attn = self.model.layers[0].self_attn
+        spec = KVCacheSpec(num_layers=len(self.model.layers), num_kv_heads=attn.num_kv_heads,
+                           head_dim=attn.head_dim, block_size=self.block_size, num_blocks=0, dtype=self.dtype)
+        per_block = spec.bytes_per_block()
+        most_useful = self.config.max_num_seqs * -(-self.max_model_len // self.block_size)
+        if self.config.num_kv_blocks is not None:
+            spec.num_blocks = self.config.num_kv_blocks
+        elif self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = total * self.config.gpu_memory_utilization - (total - free)
+            spec.num_blocks = min(int(budget * 0.9 // per_block), most_useful)
+        else:
+            gb = self.config.kv_cache_memory_gb or CPU_KV_CACHE_GB
+            spec.num_blocks = min(int(gb * 2**30 // per_block), most_useful)
+        if spec.num_blocks * self.block_size < self.max_model_len:
+            raise InvalidParameterError(
+                f"the KV cache holds {spec.num_blocks * self.block_size} tokens, fewer than max_model_len "
+                f"({self.max_model_len}): give it more memory or lower max_model_len", param="max_model_len")
+        logger.info("KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at max_model_len: %.1f",
+                    spec.num_blocks, self.block_size, spec.num_blocks * per_block / 2**30,
+                    spec.num_blocks * self.block_size / self.max_model_len)
+        return spec
+
+    @torch.inference_mode()
+    def execute(self, scheduled: SchedulerOutput) -> RunnerOutput:
+        """Run the model over the step's flat batch, sample, and bring the results to the host once."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_lens, context_lens, tables = [], [], []
+        sample_rows: list[int] = []
+        sample_requests: list[Request] = []
+        prompt_rows: list[int] = []
+        prompt_targets: list[int] = []
+        prompt_spans: list[tuple[Request, int]] = []
+        for request, n in zip(scheduled.requests, scheduled.num_new_tokens):
+            start = request.num_computed_tokens
+            offset = len(input_ids)
+            table = request.block_table
+            input_ids.extend(request.all_token_ids[start:start + n])
+            positions.extend(range(start, start + n))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            query_lens.append(n)
+            context_lens.append(start + n)
+            tables.append(table)
+            if start + n == request.num_tokens:
+                sample_rows.append(offset + n - 1)
+                sample_requests.append(request)
+            if request.prompt_logprobs is not None:
+                count = min(start + n, request.num_prompt_tokens - 1) - max(start, len(request.prompt_logprobs) - 1)
+                if count > 0:
+                    first = max(start, len(request.prompt_logprobs) - 1)
+                    prompt_rows.extend(range(offset + first - start, offset + first - start + count))
+                    prompt_targets.extend(request.prompt_token_ids[first + 1:first + 1 + count])
+                    prompt_spans.append((request, count))
+
+        device = self.device
+        layout = BatchLayout(query_lens=query_lens, context_lens=context_lens, block_tables=tables,
+                             slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
+                             num_tokens=len(input_ids), max_query_len=max(query_lens),
+                             max_context_len=max(context_lens))
+        attn = AttentionContext(self.attention, self.attention.build_metadata(layout))
+        hidden = self.model(torch.tensor(input_ids, dtype=torch.long, device=device),
+                            torch.tensor(positions, dtype=torch.long, device=device), attn)
+        rows = torch.tensor(sample_rows + prompt_rows, dtype=torch.long, device=device)
+        logits = self.model.compute_logits(hidden[rows])  # [S + P, V] float32
+        return self._sample(logits, sample_requests, prompt_targets, prompt_spans)
+
+    def _sample(self, logits: torch.Tensor, requests: list[Request], prompt_targets: list[int],
+                prompt_spans: list[tuple[Request, int]]) -> RunnerOutput:
+        num_sampled = len(requests)
+        sample_logits = logits[:num_sampled]
+        for processor in self.logits_processors:
+            sample_logits = processor(sample_logits, requests)
+        out = self.sampler.sample(sample_logits, requests)
+        token_ids = out.token_ids.tolist()
+        logprobs = None
+        if out.logprobs is not None:
+            logprobs = tuple(_zip_logprobs(out.logprob_token_ids.tolist(), out.logprobs.tolist(), out.ranks.tolist()))
+        prompt_logprobs: dict[str, list[TokenLogprobs]] = {}
+        if prompt_spans:
+            from pegboard.plugins.default_sampler import top_logprobs
+
+            k = max(r.sampling_params.prompt_logprobs for r, _ in prompt_spans)
+            targets = torch.tensor(prompt_targets, dtype=torch.long, device=self.device)
+            lp, ids, ranks = top_logprobs(logits[num_sampled:], targets, k)
+            flat = _zip_logprobs(ids.tolist(), lp.tolist(), ranks.tolist())
+            start = 0
+            for request, count in prompt_spans:
+                prompt_logprobs[request.request_id] = flat[start:start + count]
+                start += count
+        return RunnerOutput(tuple(r.request_id for r in requests), tuple(token_ids), logprobs, prompt_logprobs)
+
+    def free(self, request_ids: list[str]) -> None:
+        """Forget per-request state (seeded generators) of finished requests."""
+        self.sampler.free(request_ids)
+
+
+def _zip_logprobs(ids: list[list[int]], values: list[list[float]], ranks: list[int]) -> list[TokenLogprobs]:
+    """Rows of (token, logprob, rank): the first entry carries the chosen token's rank, the top-k theirs."""
+    rows = []
+    for row_ids, row_values, rank in zip(ids, values, ranks):
+        rows.append([(row_ids[0], row_values[0], rank)]
+                    + [(t, v, i + 1) for i, (t, v) in enumerate(zip(row_ids[1:], row_values[1:]))])
+    return rows

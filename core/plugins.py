@@ -1,0 +1,226 @@
+"""The board: loads plugins (built-in, entry points, --plugin, PEGBOARD_PLUGINS) and fills registries."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import traceback
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any, Iterable
+
+import pluggy
+
+from pegboard.core import hookspecs
+from pegboard.core.errors import PluginError, PluginLoadError
+
+logger = logging.getLogger("pegboard.plugins")
+
+ENTRY_POINT_GROUP = "pegboard"
+PLUGINS_ENV = "PEGBOARD_PLUGINS"
+STRICT_ENV = "PEGBOARD_STRICT_PLUGINS"
+
+# Built-in plugins load through the same path as third-party ones.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "pegboard.plugins.sources",
+    "pegboard.plugins.loader_safetensors",
+    "pegboard.plugins.loader_gguf",
+    "pegboard.plugins.loader_dummy",
+    "pegboard.plugins.llama",
+    "pegboard.plugins.torch_attention",
+    "pegboard.plugins.default_sampler",
+    "pegboard.plugins.plain_block_allocator",
+    "pegboard.plugins.uniproc_executor",
+)
+
+# Registry family -> the discovery hook that fills it.
+FAMILIES: dict[str, str] = {
+    "model_sources": "register_model_sources",
+    "model_loaders": "register_model_loaders",
+    "model_architectures": "register_model_architectures",
+    "quantization_schemes": "register_quantization_schemes",
+    "attention_backends": "register_attention_backends",
+    "samplers": "register_samplers",
+    "logits_processors": "register_logits_processors",
+    "grammars": "register_grammars",
+    "proposers": "register_proposers",
+    "block_allocators": "register_block_allocators",
+    "executors": "register_executors",
+}
+
+
+class Registry:
+    """Named objects of one hook family; rejects duplicate names and remembers who registered what."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self._items: dict[str, Any] = {}
+        self.owners: dict[str, str] = {}
+
+    def register(self, name: str, obj: Any, *, owner: str = "?") -> None:
+        """Add ``obj`` under ``name``; a name taken by another plugin is an error."""
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {owner!r} registered a {self.family} entry without a name")
+        if name in self._items:
+            raise PluginError(
+                f"plugin {owner!r} registered {self.family} {name!r}, "
+                f"which plugin {self.owners[name]!r} already registered"
+            )
+        self._items[name] = obj
+        self.owners[name] = owner
+
+    def get(self, name: str) -> Any:
+        """The object named ``name``, or a PluginError listing what is available."""
+        try:
+            return self._items[name]
+        except KeyError:
+            available = ", ".join(sorted(self._items)) or "none"
+            raise PluginError(
+                f"no {self.family.replace('_', ' ')} named {name!r} is registered "
+                f"(available: {available}); is the plugin that provides it loaded?"
+            ) from None
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self._items.items())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class PluginFailure:
+    """A plugin that could not be loaded, and why."""
+
+    name: str
+    error: str
+    traceback: str = ""
+
+
+@dataclass
+class Board:
+    """A plugin manager plus the registries its discovery hooks filled."""
+
+    pm: pluggy.PluginManager
+    registries: dict[str, Registry]
+    failures: list[PluginFailure] = field(default_factory=list)
+
+    def __getattr__(self, family: str) -> Registry:
+        registries = self.__dict__.get("registries", {})
+        if family in registries:
+            return registries[family]
+        raise AttributeError(family)
+
+    def plugin_names(self) -> list[str]:
+        """Names of the loaded plugins, in load order."""
+        return [name for name, _ in self.pm.list_name_plugin()]
+
+    def registered_by(self, plugin_name: str) -> dict[str, list[str]]:
+        """What one plugin registered, per family."""
+        found: dict[str, list[str]] = {}
+        for family, registry in self.registries.items():
+            names = [n for n, owner in registry.owners.items() if owner == plugin_name]
+            if names:
+                found[family] = names
+        return found
+
+    def has_observers(self, hook_name: str) -> bool:
+        """True when some plugin implements the observer hook (so the engine may skip calling it)."""
+        return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
+
+
+def strict_default() -> bool:
+    return os.environ.get(STRICT_ENV, "").lower() in ("1", "true", "yes")
+
+
+def env_plugins() -> list[str]:
+    """Module paths named in PEGBOARD_PLUGINS (comma or whitespace separated)."""
+    raw = os.environ.get(PLUGINS_ENV, "")
+    return [p for p in raw.replace(",", " ").split() if p]
+
+
+def load_board(
+    plugins: Iterable[str | ModuleType | object] = (),
+    *,
+    builtins: bool = True,
+    entry_point_plugins: bool = True,
+    strict: bool | None = None,
+) -> Board:
+    """Load built-in, entry-point, PEGBOARD_PLUGINS and given plugins, then fill every registry.
+
+    A plugin that fails to import is recorded in ``board.failures`` and logged; with
+    ``strict`` (or PEGBOARD_STRICT_PLUGINS=1) it raises PluginLoadError instead.
+    """
+    strict = strict_default() if strict is None else strict
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    failures: list[PluginFailure] = []
+
+    def fail(name: str, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if strict:
+            raise PluginLoadError(f"plugin {name!r} failed to load: {message}") from exc
+        logger.warning("plugin %r failed to load and is skipped: %s", name, message)
+        failures.append(PluginFailure(name, message, traceback.format_exc()))
+
+    def add(plugin: object, name: str) -> None:
+        if pm.is_registered(plugin) or pm.get_plugin(name) is not None:
+            return
+        try:
+            pm.register(plugin, name=name)
+        except Exception as exc:  # pluggy validation errors name the bad hook
+            fail(name, exc)
+
+    if builtins:
+        for module_path in DEFAULT_PLUGINS:
+            _import_and_add(module_path, add, fail)
+    if entry_point_plugins:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                add(ep.load(), ep.name)
+            except Exception as exc:
+                fail(f"{ep.name} ({ep.value})", exc)
+    for item in [*env_plugins(), *plugins]:
+        if isinstance(item, str):
+            _import_and_add(item, add, fail)
+        else:
+            add(item, getattr(item, "__name__", None) or type(item).__name__)
+
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
+
+    registries = {family: Registry(family) for family in FAMILIES}
+    for family, hook_name in FAMILIES.items():
+        registry = registries[family]
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            owner = impl.plugin_name
+
+            def register(name: str, obj: Any, _registry: Registry = registry, _owner: str = owner) -> None:
+                _registry.register(name, obj, owner=_owner)
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                pm.unregister(name=owner)
+                fail(owner, exc)
+    return Board(pm=pm, registries=registries, failures=failures)
+
+
+def _import_and_add(module_path: str, add, fail) -> None:
+    try:
+        module = importlib.import_module(module_path)
+    except Exception as exc:
+        fail(module_path, exc)
+        return
+    add(module, module_path)

@@ -1,0 +1,1 @@
+"""pegboard.kernels: Triton kernels, each beside a plain-torch reference."""

@@ -1,0 +1,1 @@
+"""pegboard.plugins: the built-in plugins, each registered exactly like a third-party one."""

@@ -1,0 +1,30 @@
+"""Built-in plugin: the in-process executor (one ModelRunner in the engine's own process)."""
+
+from __future__ import annotations
+
+from pegboard.core.hookspecs import hookimpl
+
+
+class UniprocExecutor:
+    """Runs the model in this process; a multi-process executor would keep the same three methods."""
+
+    def __init__(self, config, board, files, loader, hf_config, max_model_len: int) -> None:
+        from pegboard.core.model_runner import ModelRunner
+
+        self.runner = ModelRunner(config, board, files, loader, hf_config, max_model_len)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.runner.num_kv_blocks
+
+    def execute(self, scheduled):
+        """Run one step; returns a RunnerOutput."""
+        return self.runner.execute(scheduled)
+
+    def free(self, request_ids: list[str]) -> None:
+        self.runner.free(request_ids)
+
+
+@hookimpl
+def register_executors(register) -> None:
+    register("uniproc", UniprocExecutor)

@@ -1,0 +1,1 @@
+"""pegboard.server: the OpenAI-compatible HTTP server."""

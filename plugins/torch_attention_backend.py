@@ -21,13 +21,20 @@ class PrefillSpan:
 
 
 @dataclass
+class DecodeGroup:
+    """Single-token requests of similar context length, attended together in one padded SDPA call."""
+
+    rows: torch.Tensor | slice  # their rows in the batch
+    slots: torch.Tensor  # [B, L] cache slots of their contexts (padded)
+    mask: torch.Tensor | None  # [B, 1, 1, L] bool, True = attend; None when no padding
+
+
+@dataclass
 class TorchAttentionMetadata:
     """Per-step metadata shared by all layers."""
 
     slot_mapping: torch.Tensor  # [T]
-    decode_rows: torch.Tensor | slice | None  # rows of single-token requests in the batch
-    decode_slots: torch.Tensor | None  # [Bd, Lmax] cache slots of their contexts
-    decode_mask: torch.Tensor | None  # [Bd, 1, 1, Lmax] bool
+    decodes: list[DecodeGroup]
     prefills: list[PrefillSpan]
 
 
@@ -65,17 +72,21 @@ class TorchAttentionBackend:
                 prefills.append(PrefillSpan(start, start + q_len, slots, mask))
             start += q_len
 
-        decode_rows = decode_slots = decode_mask = None
-        if decode_idx:
-            max_ctx = max(decode_ctx)
-            decode_slots = self._slots(decode_tables, max_ctx)
-            lens = torch.tensor(decode_ctx, device=self.device)
-            decode_mask = (torch.arange(max_ctx, device=self.device)[None, :] < lens[:, None])[:, None, None, :]
-            if decode_idx == list(range(len(decode_idx))):
-                decode_rows = slice(0, len(decode_idx))
-            else:
-                decode_rows = torch.tensor(decode_idx, device=self.device)
-        return TorchAttentionMetadata(layout.slot_mapping, decode_rows, decode_slots, decode_mask, prefills)
+        decodes = [self._decode_group([decode_idx[i] for i in group], [decode_ctx[i] for i in group],
+                                      [decode_tables[i] for i in group])
+                   for group in _length_groups(decode_ctx)]
+        return TorchAttentionMetadata(layout.slot_mapping, decodes, prefills)
+
+    def _decode_group(self, rows: list[int], lens: list[int], tables: list[list[int]]) -> DecodeGroup:
+        max_ctx = max(lens)
+        slots = self._slots(tables, max_ctx)
+        mask = None
+        if min(lens) != max_ctx:
+            lens_t = torch.tensor(lens, device=self.device)
+            mask = (torch.arange(max_ctx, device=self.device)[None, :] < lens_t[:, None])[:, None, None, :]
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return DecodeGroup(slice(rows[0], rows[0] + len(rows)), slots, mask)
+        return DecodeGroup(torch.tensor(rows, device=self.device), slots, mask)
 
     def _slots(self, tables: list[list[int]], length: int) -> torch.Tensor:
         """Cache slots of positions 0..length-1 for each block table: [B, length] (padding points at slot 0)."""
@@ -93,14 +104,14 @@ class TorchAttentionBackend:
         k_cache.index_copy_(0, metadata.slot_mapping, k)
         v_cache.index_copy_(0, metadata.slot_mapping, v)
         out = torch.empty_like(q)
-        if metadata.decode_rows is not None:
-            # q_d: [Bd, H, 1, D]; k_d/v_d: [Bd, Hkv, L, D]
-            q_d = q[metadata.decode_rows].unsqueeze(2)
-            k_d = k_cache[metadata.decode_slots].transpose(1, 2)
-            v_d = v_cache[metadata.decode_slots].transpose(1, 2)
-            o = F.scaled_dot_product_attention(q_d, k_d, v_d, attn_mask=metadata.decode_mask,
-                                               scale=self.scale, enable_gqa=True)
-            out[metadata.decode_rows] = o.squeeze(2)
+        for group in metadata.decodes:
+            # q_d: [B, H, 1, D]; k_d/v_d: [B, Hkv, L, D]
+            q_d = q[group.rows].unsqueeze(2)
+            k_d = k_cache[group.slots].transpose(1, 2)
+            v_d = v_cache[group.slots].transpose(1, 2)
+            o = F.scaled_dot_product_attention(q_d, k_d, v_d, attn_mask=group.mask, scale=self.scale,
+                                               enable_gqa=True)
+            out[group.rows] = o.squeeze(2)
         for span in metadata.prefills:
             q_p = q[span.start:span.end].transpose(0, 1)  # [H, q, D]
             if span.slots is None:
@@ -113,3 +124,16 @@ class TorchAttentionBackend:
                                                scale=self.scale, enable_gqa=True)
             out[span.start:span.end] = o.transpose(0, 1)
         return out
+
+
+
+def _length_groups(lengths: list[int], min_fill: float = 0.7, max_groups: int = 4) -> list[list[int]]:
+    """Indices of requests grouped by context length (longest first) so each padded gather wastes little."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups) == max_groups or lengths[i] >= min_fill * lengths[groups[-1][0]]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups

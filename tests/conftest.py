@@ -48,3 +48,16 @@ def hf_reference_model(smollm2_hf_dir: Path):
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, dtype=torch.float32)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An HF directory holding only the config.json of a tiny Llama: load it with ``load_format="dummy"``
+    (random weights) and token-id prompts (``skip_tokenizer_init=True``)."""
+    from transformers import LlamaConfig
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=128, vocab_size=256, max_position_embeddings=256,
+                architectures=["LlamaForCausalLM"]).save_pretrained(path)
+    return path

@@ -1,0 +1,30 @@
+"""The scheduler, block manager and request types are pure Python: they import without torch."""
+
+import subprocess
+import sys
+
+TORCH_FREE_MODULES = [
+    "pegboard.core.scheduler",
+    "pegboard.core.block_manager",
+    "pegboard.core.request",
+    "pegboard.core.sampling_params",
+    "pegboard.core.config",
+    "pegboard.core.outputs",
+    "pegboard.core.plugins",
+    "pegboard.core.model_files",
+]
+
+
+def test_core_bookkeeping_imports_no_torch():
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any 'import torch' now raises ImportError\n"
+        + "".join(f"import {m}\n" for m in TORCH_FREE_MODULES)
+        + "from pegboard.core.plugins import load_board\n"
+        "board = load_board()  # built-in plugins register without importing torch\n"
+        "assert not board.failures, board.failures\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,195 @@
+"""The board: how plugins are found and loaded, what happens when one is broken, and the hook reference."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import textwrap
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+
+from pegboard.core import hookspecs
+from pegboard.core import plugins as board_module
+from pegboard.core.errors import PluginError, PluginLoadError
+from pegboard.core.hookspecs import hookimpl
+from pegboard.core.plugins import DEFAULT_PLUGINS, FAMILIES, load_board
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    """Write a throwaway plugin module importable by name; it is forgotten after the test."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    written = []
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        written.append(name)
+        return name
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
+SAMPLER_PLUGIN = """
+    from pegboard.core.hookspecs import hookimpl
+
+    @hookimpl
+    def register_samplers(register):
+        register("{name}", object())
+"""
+
+
+# ---- loading -----------------------------------------------------------------------------------------
+
+
+def test_builtin_plugins_load_like_third_party_ones():
+    board = load_board()
+    assert board.failures == []
+    assert board.plugin_names() == list(DEFAULT_PLUGINS)
+    assert "LlamaForCausalLM" in board.registered_by("pegboard.plugins.llama")["model_architectures"]
+    assert board.registered_by("pegboard.plugins.plain_block_allocator") == {"block_allocators": ["plain"]}
+
+
+def test_a_plugin_is_a_module_path_a_module_or_any_object_with_hookimpls(plugin_module):
+    by_path = plugin_module("sampler_by_path", SAMPLER_PLUGIN.format(name="by-path"))
+    module = importlib.import_module(plugin_module("sampler_as_module", SAMPLER_PLUGIN.format(name="as-module")))
+
+    class SamplerPlugin:
+        @hookimpl
+        def register_samplers(self, register):
+            register("as-object", object())
+
+    board = load_board(plugins=[by_path, module, SamplerPlugin()], builtins=False)
+    assert board.plugin_names() == ["sampler_by_path", "sampler_as_module", "SamplerPlugin"]
+    assert board.samplers.names() == ["by-path", "as-module", "as-object"]
+    assert board.samplers.owners["as-object"] == "SamplerPlugin"
+
+
+def test_pegboard_plugins_variable_loads_plugins(plugin_module, monkeypatch):
+    plugin_module("env_plugin_a", SAMPLER_PLUGIN.format(name="a"))
+    plugin_module("env_plugin_b", SAMPLER_PLUGIN.format(name="b"))
+    monkeypatch.setenv("PEGBOARD_PLUGINS", "env_plugin_a, env_plugin_b")
+    board = load_board()
+    assert {"env_plugin_a", "env_plugin_b"} <= set(board.plugin_names())
+    assert {"a", "b"} <= set(board.samplers.names())
+
+
+def test_entry_points_of_the_pegboard_group_load_plugins(plugin_module, monkeypatch):
+    plugin_module("installed_plugin", SAMPLER_PLUGIN.format(name="installed"))
+    installed = {"pegboard": [EntryPoint(name="installed", value="installed_plugin", group="pegboard"),
+                              EntryPoint(name="gone", value="uninstalled_plugin", group="pegboard")]}
+    monkeypatch.setattr(board_module, "entry_points", lambda *, group: installed.get(group, []))
+    board = load_board()
+    assert board.samplers.owners["installed"] == "installed"  # named after the entry point
+    assert [f.name for f in board.failures] == ["gone (uninstalled_plugin)"]
+
+
+def test_a_plugin_given_twice_loads_once(plugin_module, monkeypatch):
+    name = plugin_module("twice_plugin", SAMPLER_PLUGIN.format(name="twice"))
+    monkeypatch.setenv("PEGBOARD_PLUGINS", name)
+    board = load_board(plugins=[name])
+    assert board.plugin_names().count(name) == 1 and board.samplers.names().count("twice") == 1
+
+
+# ---- broken plugins ------------------------------------------------------------------------------------
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_skipped(plugin_module, caplog):
+    broken = plugin_module("broken_import_plugin", "import a_dependency_that_is_not_installed\n")
+    with caplog.at_level(logging.WARNING, logger="pegboard.plugins"):
+        board = load_board(plugins=[broken])
+    [failure] = board.failures
+    assert failure.name == "broken_import_plugin"
+    assert failure.error == "ModuleNotFoundError: No module named 'a_dependency_that_is_not_installed'"
+    assert "a_dependency_that_is_not_installed" in failure.traceback
+    assert "broken_import_plugin" in caplog.text
+    assert "pegboard.plugins.llama" in board.plugin_names()  # everything else still loads
+
+
+def test_strict_mode_raises_on_a_plugin_that_fails_to_import(plugin_module, monkeypatch):
+    broken = plugin_module("strictly_broken_plugin", "raise ImportError('needs the foo extra')\n")
+    with pytest.raises(PluginLoadError, match="'strictly_broken_plugin' failed to load: ImportError: needs the foo"):
+        load_board(plugins=[broken], strict=True)
+    monkeypatch.setenv("PEGBOARD_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError):
+        load_board(plugins=[broken])
+
+
+def test_a_plugin_whose_register_hook_raises_is_unloaded_and_reported():
+    class Crashing:
+        @hookimpl
+        def register_executors(self, register):
+            raise RuntimeError("no GPU driver")
+
+    board = load_board(plugins=[Crashing()])
+    assert [(f.name, f.error) for f in board.failures] == [("Crashing", "RuntimeError: no GPU driver")]
+    assert "Crashing" not in board.plugin_names()
+
+
+def test_a_misspelled_hookimpl_is_an_error():
+    class Misspelled:
+        @hookimpl
+        def register_model_loader(self, register):  # the hook is register_model_loaders
+            register("x", object())
+
+    with pytest.raises(PluginError, match="register_model_loader"):
+        load_board(plugins=[Misspelled()])
+
+
+def test_duplicate_names_are_rejected_naming_both_plugins():
+    class First:
+        @hookimpl
+        def register_block_allocators(self, register):
+            register("fancy", object())
+
+    class Second:
+        @hookimpl
+        def register_block_allocators(self, register):
+            register("fancy", object())
+
+    with pytest.raises(PluginError, match="plugin 'Second' registered block_allocators 'fancy', "
+                                          "which plugin 'First' already registered"):
+        load_board(plugins=[First(), Second()])
+
+
+def test_asking_for_an_unregistered_name_lists_what_is_available():
+    board = load_board()
+    with pytest.raises(PluginError, match=r"no executors named 'ray' is registered \(available: uniproc\)"):
+        board.executors.get("ray")
+
+
+# ---- observers --------------------------------------------------------------------------------------------
+
+
+def test_the_engine_calls_observer_hooks_only_when_some_plugin_implements_them():
+    class StepObserver:
+        @hookimpl
+        def on_step_end(self, stats):
+            pass
+
+    assert not load_board().has_observers("on_step_end")
+    observed = load_board(plugins=[StepObserver()])
+    assert observed.has_observers("on_step_end") and not observed.has_observers("on_request_finished")
+
+
+# ---- the hook reference ------------------------------------------------------------------------------------
+
+
+def hookspec_names() -> list[str]:
+    return [name for name, value in vars(hookspecs).items() if hasattr(value, f"{hookspecs.PROJECT_NAME}_spec")]
+
+
+def test_every_hook_is_documented_and_tested():
+    assert set(FAMILIES.values()) < set(hookspec_names())
+    reference = (ROOT / "docs" / "hooks.md").read_text()
+    tests = "".join(path.read_text() for path in (ROOT / "tests").glob("test_*.py") if path.name != Path(__file__).name)
+    for name in hookspec_names():
+        assert f"`{name}(" in reference, f"docs/hooks.md does not document {name}"
+        assert name in tests, f"no test (besides this file) uses {name}"

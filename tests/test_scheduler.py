@@ -1,0 +1,115 @@
+"""Scheduler and block manager, driven by a fake model that 'generates' token 7 every step (no torch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pegboard.core.block_manager import BlockManager
+from pegboard.core.request import Request, RequestStatus
+from pegboard.core.sampling_params import SamplingParams
+from pegboard.core.scheduler import Scheduler
+
+
+def make_request(rid: str, prompt_len: int, max_tokens: int) -> Request:
+    return Request(rid, list(range(1, prompt_len + 1)), SamplingParams(max_tokens=max_tokens),
+                   max_tokens=max_tokens)
+
+
+def run_to_completion(scheduler: Scheduler, max_steps: int = 10_000) -> list:
+    """Step like the engine does; returns every SchedulerOutput. Checks KV bookkeeping each step."""
+    outputs = []
+    for _ in range(max_steps):
+        if not scheduler.has_unfinished_requests():
+            return outputs
+        out = scheduler.schedule()
+        assert not out.is_empty, "scheduler stalled with unfinished requests"
+        assert out.num_batched_tokens <= scheduler.max_num_batched_tokens
+        assert len(out.requests) <= scheduler.max_num_seqs
+        for request, n in zip(out.requests, out.num_new_tokens):
+            bm = scheduler.block_manager
+            assert len(request.block_table) * bm.block_size >= request.num_computed_tokens + n
+        scheduler.on_step_done(out)
+        for request in out.requests:
+            if request.num_computed_tokens == request.num_tokens:  # the chunk reached the end: sample
+                request.append_token(7)
+                if request.num_output_tokens >= request.max_tokens:
+                    scheduler.finish(request, RequestStatus.FINISHED_LENGTH)
+        outputs.append(out)
+    raise AssertionError("did not finish")
+
+
+def test_block_manager_counts_references_and_frees_everything():
+    bm = BlockManager(num_blocks=4, block_size=4)
+    r = make_request("a", 5, 1)
+    assert bm.allocate_slots(r, 5)  # 5 tokens -> 2 blocks
+    assert len(r.block_table) == 2 and bm.num_free_blocks == 2
+    assert all(bm.ref_counts[b] == 1 for b in r.block_table)
+    r.num_computed_tokens = 5
+    assert bm.allocate_slots(r, 3)  # 8 tokens still fit in 2 blocks
+    assert bm.allocate_slots(r, 4) and len(r.block_table) == 3
+    assert not bm.allocate_slots(make_request("b", 9, 1), 9)  # needs 3, only 1 left
+    bm.free(r)
+    assert bm.num_free_blocks == 4 and r.block_table == [] and sum(bm.ref_counts) == 0
+
+
+def test_decodes_and_prefills_share_one_token_budget():
+    scheduler = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=10)
+    scheduler.add_request(make_request("long", 25, 3))
+    first = scheduler.schedule()
+    assert first.num_new_tokens == (10,)  # chunked prefill: only the budget's worth
+    scheduler.on_step_done(first)
+    scheduler.add_request(make_request("short", 4, 3))
+    second = scheduler.schedule()
+    assert [r.request_id for r in second.requests] == ["long"]  # the running request takes the whole budget
+    assert second.num_new_tokens == (10,)
+
+
+def test_every_request_completes_under_small_budget_and_few_blocks():
+    bm = BlockManager(num_blocks=12, block_size=4)  # 48 token slots for 10 requests of up to 30 tokens
+    scheduler = Scheduler(bm, max_num_seqs=6, max_num_batched_tokens=16)
+    requests = [make_request(f"r{i}", 5 + 2 * i, 10) for i in range(10)]
+    for r in requests:
+        scheduler.add_request(r)
+    outputs = run_to_completion(scheduler)
+    assert all(r.num_output_tokens == 10 and r.status == RequestStatus.FINISHED_LENGTH for r in requests)
+    assert scheduler.num_preemptions_total > 0, "the cache is small enough that preemption must happen"
+    assert any(out.num_preempted for out in outputs)
+    assert bm.num_free_blocks == bm.num_blocks and sum(bm.ref_counts) == 0
+
+
+def test_preempted_request_recomputes_prompt_and_generated_tokens():
+    bm = BlockManager(num_blocks=4, block_size=4)
+    scheduler = Scheduler(bm, max_num_seqs=2, max_num_batched_tokens=64)
+    a, b = make_request("a", 6, 8), make_request("b", 6, 8)
+    scheduler.add_request(a)
+    scheduler.add_request(b)
+    run_to_completion(scheduler)
+    assert b.num_preemptions > 0 or a.num_preemptions > 0
+    assert a.output_token_ids == [7] * 8 and b.output_token_ids == [7] * 8
+
+
+def test_max_num_seqs_caps_running_requests():
+    scheduler = Scheduler(BlockManager(100, 4), max_num_seqs=2, max_num_batched_tokens=100)
+    for i in range(5):
+        scheduler.add_request(make_request(f"r{i}", 3, 2))
+    out = scheduler.schedule()
+    assert len(out.requests) == 2 and scheduler.num_waiting == 3
+
+
+def test_finish_releases_blocks_of_waiting_and_running_requests():
+    bm = BlockManager(10, 4)
+    scheduler = Scheduler(bm, max_num_seqs=1, max_num_batched_tokens=100)
+    running, waiting = make_request("run", 8, 4), make_request("wait", 8, 4)
+    scheduler.add_request(running)
+    scheduler.add_request(waiting)
+    scheduler.schedule()
+    scheduler.finish(running, RequestStatus.FINISHED_ABORTED)
+    scheduler.finish(waiting, RequestStatus.FINISHED_ABORTED)
+    scheduler.finish(waiting, RequestStatus.FINISHED_ABORTED)  # twice is harmless
+    assert not scheduler.has_unfinished_requests() and bm.num_free_blocks == 10
+
+
+@pytest.mark.parametrize("bad", [dict(num_blocks=0, block_size=4), dict(num_blocks=4, block_size=0)])
+def test_block_manager_rejects_empty_pools(bad):
+    with pytest.raises(ValueError):
+        BlockManager(**bad)

@@ -173,7 +173,7 @@ def run_generate(args: argparse.Namespace, board: Board) -> int:
     sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p,
                 "top_k": args.top_k, "n": args.n}
     params = SamplingParams(**{k: v for k, v in sampling.items() if v is not None})
-    llm = LLM(args.model, **engine_kwargs_from_args(args))
+    llm = LLM(args.model, board=board, **engine_kwargs_from_args(args))
     show_progress = sys.stderr.isatty()
     if args.chat:
         conversations = [[{"role": "user", "content": prompt}] for prompt in args.prompt]

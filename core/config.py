@@ -29,7 +29,7 @@ class EngineConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     attention_backend: str = "auto"
     sampler: str = "default"
-    block_allocator: str = "plain"
+    block_allocator: str | None = None  # None: "prefix-caching" with enable_prefix_caching, else "plain"
     executor: str = "uniproc"
     enable_prefix_caching: bool = False
     enforce_eager: bool = False
@@ -42,8 +42,8 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.plugins = tuple(self.plugins)
-        if self.enable_prefix_caching and self.block_allocator == "plain":
-            self.block_allocator = "prefix-caching"
+        if self.block_allocator is None:
+            self.block_allocator = "prefix-caching" if self.enable_prefix_caching else "plain"
         for name in ("max_num_seqs", "block_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -9,6 +9,7 @@ from pegboard.core.config import DEFAULT_MODEL, EngineConfig
 from pegboard.core.engine import LLMEngine
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.outputs import RequestOutput
+from pegboard.core.plugins import Board
 from pegboard.core.sampling_params import SamplingParams
 
 Prompt = Union[str, list[int], dict]
@@ -20,10 +21,10 @@ class LLM:
 
     def __init__(self, model: str = DEFAULT_MODEL, *, dtype: str = "auto", max_model_len: int | None = None,
                  max_num_seqs: int = 128, load_format: str = "auto", seed: int = 0, device: str = "auto",
-                 **kwargs: Any) -> None:
+                 board: Board | None = None, **kwargs: Any) -> None:
         config = EngineConfig(model=model, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                               load_format=load_format, seed=seed, device=device, **kwargs)
-        self.engine = LLMEngine(config)
+        self.engine = LLMEngine(config, board)
         self._ids = itertools.count()
 
     def get_tokenizer(self) -> Any:

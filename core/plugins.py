@@ -71,6 +71,11 @@ class Registry:
         self._items[name] = obj
         self.owners[name] = owner
 
+    def remove_owner(self, owner: str) -> None:
+        """Forget everything one plugin registered."""
+        for name in [n for n, o in self.owners.items() if o == owner]:
+            del self._items[name], self.owners[name]
+
     def get(self, name: str) -> Any:
         """The object named ``name``, or a PluginError listing what is available."""
         try:
@@ -193,28 +198,37 @@ def load_board(
         else:
             add(item, getattr(item, "__name__", None) or type(item).__name__)
 
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
+    _drop_plugins_with_unknown_hooks(pm, fail)
 
     registries = {family: Registry(family) for family in FAMILIES}
     for family, hook_name in FAMILIES.items():
-        registry = registries[family]
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             owner = impl.plugin_name
 
-            def register(name: str, obj: Any, _registry: Registry = registry, _owner: str = owner) -> None:
+            def register(name: str, obj: Any, _registry: Registry = registries[family], _owner: str = owner) -> None:
                 _registry.register(name, obj, owner=_owner)
 
             try:
                 impl.function(register=register)
-            except PluginError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # a failing or duplicate registration drops the whole plugin
                 pm.unregister(name=owner)
+                for registry in registries.values():
+                    registry.remove_owner(owner)
                 fail(owner, exc)
     return Board(pm=pm, registries=registries, failures=failures)
+
+
+def _drop_plugins_with_unknown_hooks(pm: pluggy.PluginManager, fail) -> None:
+    """Unregister plugins that implement hooks no spec declares (usually a misspelled name)."""
+    for hook_name in list(vars(pm.hook)):
+        caller = getattr(pm.hook, hook_name)
+        if getattr(caller, "spec", True) is not None or not hasattr(caller, "get_hookimpls"):
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook or pm.get_plugin(impl.plugin_name) is None:
+                continue
+            pm.unregister(name=impl.plugin_name)
+            fail(impl.plugin_name, PluginError(f"implements unknown hook {hook_name!r} (misspelled?)"))
 
 
 def _import_and_add(module_path: str, add, fail) -> None:

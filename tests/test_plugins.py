@@ -133,14 +133,22 @@ def test_a_plugin_whose_register_hook_raises_is_unloaded_and_reported():
     assert "Crashing" not in board.plugin_names()
 
 
-def test_a_misspelled_hookimpl_is_an_error():
-    class Misspelled:
-        @hookimpl
-        def register_model_loader(self, register):  # the hook is register_model_loaders
-            register("x", object())
+class Misspelled:
+    @hookimpl
+    def register_model_loader(self, register):  # the hook is register_model_loaders
+        register("x", object())
 
-    with pytest.raises(PluginError, match="register_model_loader"):
-        load_board(plugins=[Misspelled()])
+
+def test_a_misspelled_hookimpl_drops_that_plugin_and_names_the_hook():
+    board = load_board(plugins=[Misspelled()])
+    [failure] = board.failures
+    assert failure.name == "Misspelled" and "register_model_loader" in failure.error
+    assert "Misspelled" not in board.plugin_names() and "gguf" in board.model_loaders
+
+
+def test_a_misspelled_hookimpl_raises_in_strict_mode():
+    with pytest.raises(PluginLoadError, match="register_model_loader"):
+        load_board(plugins=[Misspelled()], strict=True)
 
 
 def test_duplicate_names_are_rejected_naming_both_plugins():
@@ -154,9 +162,23 @@ def test_duplicate_names_are_rejected_naming_both_plugins():
         def register_block_allocators(self, register):
             register("fancy", object())
 
-    with pytest.raises(PluginError, match="plugin 'Second' registered block_allocators 'fancy', "
-                                          "which plugin 'First' already registered"):
-        load_board(plugins=[First(), Second()])
+    class Third:  # registers fine in one family, then collides in another: all of it is dropped
+        @hookimpl
+        def register_executors(self, register):
+            register("third-executor", object())
+
+        @hookimpl
+        def register_block_allocators(self, register):
+            register("fancy", object())
+
+    board = load_board(plugins=[First(), Second(), Third()])
+    assert [f.name for f in board.failures] == ["Second", "Third"]
+    assert "plugin 'Second' registered block_allocators 'fancy', which plugin 'First' already registered" \
+        in board.failures[0].error
+    assert board.block_allocators.owners["fancy"] == "First"
+    assert "third-executor" not in board.executors
+    with pytest.raises(PluginLoadError, match="plugin 'Second' registered block_allocators 'fancy'"):
+        load_board(plugins=[First(), Second()], strict=True)
 
 
 def test_asking_for_an_unregistered_name_lists_what_is_available():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -10,7 +11,7 @@ import torch
 
 from pegboard.core.attention import AttentionContext, BatchLayout, KVCacheSpec
 from pegboard.core.config import EngineConfig
-from pegboard.core.errors import InvalidParameterError
+from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
 from pegboard.core.request import Request
 from pegboard.core.runner_output import RunnerOutput, TokenLogprobs
@@ -43,6 +44,22 @@ def resolve_dtype(name: str, hf_config: Any, device: torch.device) -> torch.dtyp
     return torch.float16 if stored in (torch.float16, "float16") else torch.bfloat16
 
 
+@contextlib.contextmanager
+def _empty_parameters(dtype: torch.dtype):
+    """Build modules in ``dtype`` without random initialisation (the loader fills every parameter)."""
+    default_dtype = torch.get_default_dtype()
+    saved = {cls: cls.reset_parameters for cls in (torch.nn.Linear, torch.nn.Embedding)}
+    torch.set_default_dtype(dtype)
+    for cls in saved:
+        cls.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default_dtype)
+        for cls, reset in saved.items():
+            cls.reset_parameters = reset
+
+
 class ModelRunner:
     """Everything on the device: model weights, KV cache, attention backend, sampler."""
 
@@ -57,15 +74,14 @@ class ModelRunner:
             torch.set_num_threads(max(1, torch.get_num_threads()))
 
         architecture = (getattr(hf_config, "architectures", None) or ["?"])[0]
+        if architecture not in board.model_architectures:
+            supported = ", ".join(board.model_architectures.names()) or "none"
+            raise UnsupportedModelError(f"architecture {architecture!r} is not supported by any loaded plugin "
+                                        f"(supported: {supported})")
         factory = board.model_architectures.get(architecture)
         started = time.perf_counter()
-        default_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-        try:
-            with torch.device(self.device):
-                self.model = factory(hf_config, max_positions=max_model_len)
-        finally:
-            torch.set_default_dtype(default_dtype)
+        with _empty_parameters(self.dtype), torch.device(self.device):
+            self.model = factory(hf_config, max_positions=max_model_len)
         with torch.no_grad():
             loader.load_weights(self.model, files, hf_config)
         self.model.eval()

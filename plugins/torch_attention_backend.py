@@ -50,8 +50,13 @@ class TorchAttentionBackend:
         self.device = device
         num_slots = spec.num_blocks * spec.block_size
         shape = (spec.num_layers, num_slots, spec.num_kv_heads, spec.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=spec.dtype, device=device)
-        self.v_cache = torch.zeros(shape, dtype=spec.dtype, device=device)
+        # Padded gathers read slots no request wrote, so those must hold finite values. A large CPU
+        # allocation is mapped fresh from the OS, already zeroed, so it need not be touched up front
+        # (zeroing 4 GiB costs seconds of start-up); small ones may reuse freed heap memory.
+        large = spec.bytes_per_block() * spec.num_blocks >= 2**30
+        alloc = torch.empty if device.type == "cpu" and large else torch.zeros
+        self.k_cache = alloc(shape, dtype=spec.dtype, device=device)
+        self.v_cache = alloc(shape, dtype=spec.dtype, device=device)
 
     def build_metadata(self, layout: BatchLayout) -> TorchAttentionMetadata:
         """Split the batch into single-token requests (batched) and multi-token spans (one SDPA each)."""

@@ -132,7 +132,8 @@ def test_gguf_unsupported_architecture(tmp_path: Path):
 
 def test_gguf_unsupported_quant_type(tmp_path: Path):
     raw = torch.zeros(4, 40, dtype=torch.uint8).numpy()  # 4 rows of one Q8_1 block (32 values, 40 bytes)
-    files = write_gguf(tmp_path / "q81.gguf", "llama", {"blk.0.attn_v.weight": raw},
+    tensors = {"token_embd.weight": torch.zeros(4, 8).numpy(), "blk.0.attn_v.weight": raw}
+    files = write_gguf(tmp_path / "q81.gguf", "llama", tensors,
                        raw_dtypes={"blk.0.attn_v.weight": gguf.GGMLQuantizationType.Q8_1})
     loader = GGUFLoader()
     with pytest.raises(UnsupportedModelError, match=r"'blk.0.attn_v.weight'.*Q8_1"):

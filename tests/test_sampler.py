@@ -65,6 +65,11 @@ def test_greedy_takes_the_argmax():
     assert out.logprobs is None and out.logprob_token_ids is None and out.ranks is None
 
 
+def test_an_empty_batch_gives_empty_outputs():
+    out = sampler().sample(torch.empty(0, V), [])
+    assert out.token_ids.shape == (0,) and out.logprobs is None
+
+
 def test_a_mixed_batch_samples_random_rows_and_keeps_greedy_rows_greedy():
     logits = torch.full((4, V), -10.0)
     logits[:, 3] = logits[:, 4] = 5.0  # two equally likely tokens

@@ -32,6 +32,10 @@ class EngineConfig:
     block_allocator: str | None = None  # None: "prefix-caching" with enable_prefix_caching, else "plain"
     executor: str = "uniproc"
     enable_prefix_caching: bool = False
+    speculative_model: str | None = None  # a draft model name, or "[ngram]"
+    num_speculative_tokens: int | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     enforce_eager: bool = False
     revision: str | None = None
     trust_remote_code: bool = False

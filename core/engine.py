@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pegboard.core.config import EngineConfig
@@ -33,6 +33,35 @@ class StepStats:
     num_generation_tokens: int  # tokens sampled this step
     num_preempted: int
     num_batched_tokens: int
+    time_to_first_token: list[float] = field(default_factory=list)  # seconds, requests that got their first token
+    inter_token_latency: list[float] = field(default_factory=list)  # seconds since each other request's last token
+
+
+def check_features(config: EngineConfig, board: Board) -> None:
+    """Fail at start, naming the missing plugin, when a setting asks for a feature nothing provides."""
+    from pegboard.core.errors import PluginError
+
+    def need(registry, name: str, setting: str) -> None:
+        if name not in registry:
+            available = ", ".join(registry.names()) or "none"
+            raise PluginError(f"{setting} needs a {registry.family.replace('_', ' ')[:-1]} plugin named {name!r}, "
+                              f"and no loaded plugin provides one (available: {available})")
+
+    if config.quantization:
+        need(board.quantization_schemes, config.quantization, f"quantization={config.quantization!r}")
+        raise PluginError(f"quantization scheme {config.quantization!r} is registered, but the model runner does "
+                          "not build quantized linear layers yet")
+    need(board.block_allocators, config.block_allocator, f"block_allocator={config.block_allocator!r}")
+    need(board.executors, config.executor, f"executor={config.executor!r}")
+    if config.speculative_model or config.num_speculative_tokens:
+        name = "ngram" if config.speculative_model == "[ngram]" else "draft"
+        need(board.proposers, name, f"speculative_model={config.speculative_model!r}")
+        raise PluginError("speculative decoding proposers are registered, but the engine does not verify "
+                          "speculative tokens yet")
+    if config.tensor_parallel_size > 1 or config.pipeline_parallel_size > 1:
+        if config.executor == "uniproc":
+            raise PluginError("tensor/pipeline parallelism needs a multi-process executor plugin; the loaded "
+                              f"executors are: {', '.join(board.executors.names())}")
 
 
 class _Group:
@@ -57,6 +86,7 @@ class LLMEngine:
         started = time.perf_counter()
         self.config = config
         self.board = board or load_board(config.plugins)
+        check_features(config, self.board)
         self.files = resolve_model(self.board.model_sources, config.model, revision=config.revision)
         _, loader = pick_loader(self.board.model_loaders, self.files, config.load_format)
         self.hf_config = loader.load_config(self.files)
@@ -174,14 +204,20 @@ class LLMEngine:
             request.prompt_logprobs.extend(self._logprob_dicts(row, request.sampling_params.prompt_logprobs)
                                            for row in rows)
         touched: dict[str, _Group] = {}
+        ttft: list[float] = []
+        itl: list[float] = []
         logprobs = result.logprobs or [None] * len(result.request_ids)
         for request_id, token_id, row in zip(result.request_ids, result.token_ids, logprobs):
             request = self.requests[request_id]
             group = self.groups[request.parent_id]
             request.append_token(token_id)
-            if request.metrics.first_token_time is None:
-                request.metrics.first_token_time = now
-            request.metrics.last_token_time = now
+            metrics = request.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+                ttft.append(now - metrics.arrival_time)
+            else:
+                itl.append(now - metrics.last_token_time)
+            metrics.last_token_time = now
             if row is not None and request.logprobs is not None:
                 request.cumulative_logprob += row[0][1]
                 request.logprobs.append(self._logprob_dicts(row, request.sampling_params.logprobs))
@@ -201,7 +237,8 @@ class LLMEngine:
                 step_time=time.perf_counter() - started, num_running=self.scheduler.num_running,
                 num_waiting=self.scheduler.num_waiting, kv_cache_usage=self.block_manager.usage,
                 num_prompt_tokens=prompt_tokens, num_generation_tokens=len(result.request_ids),
-                num_preempted=scheduled.num_preempted, num_batched_tokens=scheduled.num_batched_tokens))
+                num_preempted=scheduled.num_preempted, num_batched_tokens=scheduled.num_batched_tokens,
+                time_to_first_token=ttft, inter_token_latency=itl))
         return outputs
 
     def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:

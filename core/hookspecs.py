@@ -94,3 +94,8 @@ def on_step_end(stats: Any) -> None:
 @hookspec
 def on_request_finished(output: Any) -> None:
     """Observe a finished request through its final ``RequestOutput``."""
+
+
+@hookspec
+def register_routes(app: Any, engine: Any) -> None:
+    """Add HTTP routes to the server's Starlette ``app`` (e.g. ``/metrics``); ``engine`` is the AsyncLLMEngine."""

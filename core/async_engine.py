@@ -1,0 +1,179 @@
+"""AsyncLLMEngine: the engine loop in its own thread, streaming outputs to asyncio callers.
+
+The boundary is message-shaped — ``_Add`` / ``_Abort`` messages in, ``RequestOutput`` objects out —
+so the engine core can later move to its own process without changing callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from pegboard.core.config import EngineConfig
+from pegboard.core.engine import LLMEngine
+from pegboard.core.errors import PegboardError
+from pegboard.core.outputs import RequestOutput
+from pegboard.core.plugins import Board
+from pegboard.core.sampling_params import SamplingParams
+
+logger = logging.getLogger("pegboard.async_engine")
+
+
+class EngineOverloadedError(PegboardError):
+    """Too many requests are waiting; the caller should retry later (HTTP 503)."""
+
+
+class EngineDeadError(PegboardError):
+    """The engine loop stopped after an error and serves no more requests."""
+
+
+@dataclass(frozen=True)
+class _Add:
+    request_id: str
+    prompt: str | list[int]
+    params: SamplingParams
+    add_special_tokens: bool
+
+
+@dataclass(frozen=True)
+class _Abort:
+    request_id: str
+
+
+_STOP = object()
+
+
+class AsyncLLMEngine:
+    """Runs ``LLMEngine.step()`` in a background thread; ``generate()`` streams one request's outputs."""
+
+    def __init__(self, engine: LLMEngine, *, max_waiting_requests: int = 1024) -> None:
+        self.engine = engine
+        self.max_waiting_requests = max_waiting_requests
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._lock = threading.Lock()
+        self._pending = 0  # requests sent but not yet finished
+        self.dead_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pegboard-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, board: Board | None = None, **kwargs) -> "AsyncLLMEngine":
+        return cls(LLMEngine(config, board), **kwargs)
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and self.dead_error is None
+
+    @property
+    def num_pending(self) -> int:
+        """Requests accepted and not yet finished."""
+        return self._pending
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str, *,
+                       add_special_tokens: bool = True) -> AsyncIterator[RequestOutput]:
+        """Yield the request's RequestOutput after every step that advanced it; the last one is finished.
+
+        Leaving the iteration early (a client that disconnects) aborts the request and frees its blocks.
+        """
+        if not self.is_running:
+            raise EngineDeadError(f"the engine is not running: {self.dead_error!r}")
+        with self._lock:
+            if self._pending >= self.max_waiting_requests + self.engine.config.max_num_seqs:
+                raise EngineOverloadedError(
+                    f"the server is overloaded ({self._pending} requests in flight); retry later")
+            if request_id in self._streams:
+                raise PegboardError(f"request id {request_id!r} is already in use")
+            stream: asyncio.Queue = asyncio.Queue()
+            self._streams[request_id] = (asyncio.get_running_loop(), stream)
+            self._pending += 1
+        self._inbox.put(_Add(request_id, prompt, params, add_special_tokens))
+        finished = False
+        try:
+            while True:
+                item = await stream.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self._inbox.put(_Abort(request_id))
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request from any thread."""
+        self._inbox.put(_Abort(request_id))
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Stop the loop: in-flight requests are aborted; waits up to ``timeout`` seconds for the thread."""
+        self._inbox.put(_STOP)
+        self._thread.join(timeout)
+
+    # ---- the engine thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while True:
+                block = not engine.has_unfinished_requests()
+                if not self._drain_inbox(block):
+                    break
+                if engine.has_unfinished_requests():
+                    for output in engine.step():
+                        self._deliver(output.request_id, output, output.finished)
+        except BaseException as exc:  # a bug or device error: fail every caller, never hang them
+            logger.exception("engine loop failed")
+            self.dead_error = exc
+            for request_id in list(self._streams):
+                self._deliver(request_id, EngineDeadError(f"engine loop failed: {exc!r}"), True)
+            return
+        for request_id in list(self._streams):
+            engine.abort_request(request_id)
+            self._deliver(request_id, EngineDeadError("the engine was shut down"), True)
+
+    def _drain_inbox(self, block: bool) -> bool:
+        """Apply queued messages (waiting for one when idle); False once asked to stop."""
+        try:
+            message = self._inbox.get(block=block)
+        except queue.Empty:
+            return True
+        while True:
+            if message is _STOP:
+                return False
+            if isinstance(message, _Add):
+                try:
+                    self.engine.add_request(message.request_id, message.prompt, message.params,
+                                            add_special_tokens=message.add_special_tokens)
+                except Exception as exc:  # invalid input: the caller gets the error
+                    self._deliver(message.request_id, exc, True)
+            elif message.request_id in self._streams:
+                self.engine.abort_request(message.request_id)
+                self._forget(message.request_id)
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _deliver(self, request_id: str, item: object, last: bool) -> None:
+        entry = self._streams.get(request_id)
+        if entry is None:
+            return
+        loop, stream = entry
+        if last:
+            self._forget(request_id)
+        try:
+            loop.call_soon_threadsafe(stream.put_nowait, item)
+        except RuntimeError:  # the caller's event loop is closed
+            pass
+
+    def _forget(self, request_id: str) -> None:
+        with self._lock:
+            if self._streams.pop(request_id, None) is not None:
+                self._pending -= 1

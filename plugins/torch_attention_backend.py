@@ -112,8 +112,8 @@ class TorchAttentionBackend:
         for group in metadata.decodes:
             # q_d: [B, H, 1, D]; k_d/v_d: [B, Hkv, L, D]
             q_d = q[group.rows].unsqueeze(2)
-            k_d = k_cache[group.slots].transpose(1, 2)
-            v_d = v_cache[group.slots].transpose(1, 2)
+            k_d = _gather(k_cache, group.slots).transpose(1, 2)
+            v_d = _gather(v_cache, group.slots).transpose(1, 2)
             o = F.scaled_dot_product_attention(q_d, k_d, v_d, attn_mask=group.mask, scale=self.scale,
                                                enable_gqa=True)
             out[group.rows] = o.squeeze(2)
@@ -123,13 +123,18 @@ class TorchAttentionBackend:
                 k_p = k[span.start:span.end].transpose(0, 1)  # [Hkv, q, D]
                 v_p = v[span.start:span.end].transpose(0, 1)
             else:
-                k_p = k_cache[span.slots].transpose(0, 1)  # [Hkv, ctx, D]
-                v_p = v_cache[span.slots].transpose(0, 1)
+                k_p = _gather(k_cache, span.slots).transpose(0, 1)  # [Hkv, ctx, D]
+                v_p = _gather(v_cache, span.slots).transpose(0, 1)
             o = F.scaled_dot_product_attention(q_p, k_p, v_p, attn_mask=span.mask, is_causal=span.mask is None,
                                                scale=self.scale, enable_gqa=True)
             out[span.start:span.end] = o.transpose(0, 1)
         return out
 
+
+def _gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """cache[slots] for a [S, Hkv, D] cache, as one row copy per slot (faster than advanced indexing)."""
+    rows = cache.view(cache.shape[0], -1).index_select(0, slots.reshape(-1))
+    return rows.view(*slots.shape, *cache.shape[1:])
 
 
 def _length_groups(lengths: list[int], min_fill: float = 0.7, max_groups: int = 4) -> list[list[int]]:

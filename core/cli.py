@@ -1,4 +1,4 @@
-"""The ``pegboard`` command: ``plugins``, ``generate`` and ``bench throughput``; plugins may add flags to each."""
+"""The ``pegboard`` command: ``plugins``, ``generate``, ``serve``, ``bench throughput|serve``; plugins add flags."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from pegboard.core.cli_args import (add_engine_arguments, add_plugin_argument, a
 from pegboard.core.config import DEFAULT_MODEL
 from pegboard.core.errors import PegboardError
 from pegboard.core.plugins import FAMILIES, Board, load_board
+from pegboard.server import serve as serve_command
 
 logger = logging.getLogger("pegboard.cli")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-BENCHMARKS = {"throughput": "pegboard.core.bench_throughput"}  # name -> module with add_arguments / main
+# name -> module with add_arguments / main
+BENCHMARKS = {"throughput": "pegboard.core.bench_throughput", "serve": "pegboard.core.bench_serve"}
 
 Command = Callable[[argparse.Namespace, Board], int]
 
@@ -88,6 +90,11 @@ def build_parser(board: Board, *, load_benchmarks: bool = False) -> argparse.Arg
     add_engine_arguments(generate)
     _add_log_level(generate)
     _finish(generate, board, "generate", run_generate)
+
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
+    serve_command.add_arguments(serve)
+    _add_log_level(serve)
+    _finish(serve, board, "serve", serve_command.main)
 
     bench = commands.add_parser("bench", help="benchmarks")
     benchmarks = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)

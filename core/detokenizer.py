@@ -27,8 +27,10 @@ class IncrementalDetokenizer:
         self.include_stop = include_stop_str_in_output
         self.max_stop_len = max((len(s) for s in stop), default=0)
 
-    def add_tokens(self, token_ids: list[int]) -> str | None:
-        """Append generated tokens; returns the stop string that matched, if any (text is then cut there)."""
+    def add_tokens(self, token_ids: list[int], check_stop: bool = True) -> str | None:
+        """Append generated tokens; returns the stop string that matched, if any (text is then cut there).
+
+        With ``check_stop=False`` (min_tokens not reached yet) stop strings are not looked for."""
         self.tokens.extend(token_ids)
         if self.tokenizer is None:
             return None
@@ -43,7 +45,7 @@ class IncrementalDetokenizer:
         self.read_offset = len(self.tokens)
         start = max(0, len(self.text) - self.max_stop_len + 1)
         self.text += new_text
-        return self._check_stop(start)
+        return self._check_stop(start) if check_stop else None
 
     def _check_stop(self, search_from: int) -> str | None:
         """Find the earliest stop string that ends in the new text and cut the text there."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from pegboard.core.config import EngineConfig
 from pegboard.core.detokenizer import IncrementalDetokenizer
@@ -222,9 +221,9 @@ class LLMEngine:
                 request.cumulative_logprob += row[0][1]
                 request.logprobs.append(self._logprob_dicts(row, request.sampling_params.logprobs))
             status = self._stop_status(request, token_id)
-            stop_string = group.detokenizers[request.index].add_tokens([token_id])
-            if status is None and stop_string is not None and request.num_output_tokens >= \
-                    request.sampling_params.min_tokens:
+            stop_string = group.detokenizers[request.index].add_tokens(
+                [token_id], check_stop=request.num_output_tokens >= request.sampling_params.min_tokens)
+            if status is None and stop_string is not None:
                 status, request.stop_reason = RequestStatus.FINISHED_STOPPED, stop_string
             if status is not None:
                 self.scheduler.finish(request, status)

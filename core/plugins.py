@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pegboard.plugins.default_sampler",
     "pegboard.plugins.plain_block_allocator",
     "pegboard.plugins.uniproc_executor",
+    "pegboard.plugins.prometheus_metrics",
 )
 
 # Registry family -> the discovery hook that fills it.

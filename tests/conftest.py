@@ -61,3 +61,26 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 intermediate_size=128, vocab_size=256, max_position_embeddings=256,
                 architectures=["LlamaForCausalLM"]).save_pretrained(path)
     return path
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The tiny random Llama plus a byte-level tokenizer (its 256 tokens are the 256 bytes) with a chat template."""
+    import shutil
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    path = shutil.copytree(tiny_llama_dir, tmp_path_factory.mktemp("tiny-chat") / "model")
+    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return path

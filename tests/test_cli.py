@@ -6,11 +6,9 @@ import argparse
 import importlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -20,8 +18,6 @@ from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
 from pegboard.core.config import EngineConfig
 from pegboard.core.plugins import DEFAULT_PLUGINS
 
-CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}assistant: {% endif %}")
 
 CLI_PLUGIN = """
     from pegboard.core.hookspecs import hookimpl
@@ -70,23 +66,6 @@ def module_dir(tmp_path, monkeypatch):
     yield write
     for name in written:
         sys.modules.pop(name, None)
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_model(tiny_llama_dir, tmp_path_factory) -> Path:
-    """The tiny random Llama plus a byte-level tokenizer (its 256 tokens are the 256 bytes) with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    path = shutil.copytree(tiny_llama_dir, tmp_path_factory.mktemp("tiny-chat") / "model")
-    vocab = {char: i for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -196,8 +196,8 @@ def test_the_engine_calls_observer_hooks_only_when_some_plugin_implements_them()
         def on_step_end(self, stats):
             pass
 
-    assert not load_board().has_observers("on_step_end")
-    observed = load_board(plugins=[StepObserver()])
+    assert not load_board(builtins=False).has_observers("on_step_end")
+    observed = load_board(plugins=[StepObserver()], builtins=False)
     assert observed.has_observers("on_step_end") and not observed.has_observers("on_request_finished")
 
 

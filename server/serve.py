@@ -1,0 +1,76 @@
+"""``pegboard serve [MODEL]``: start the engine, serve the app on uvicorn, shut down gracefully on SIGTERM/SIGINT.
+
+On a signal the server stops accepting connections, lets in-flight requests finish for up to
+``--shutdown-timeout`` seconds, cancels (and so aborts) the rest, stops the engine and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
+from pegboard.core.config import DEFAULT_MODEL, EngineConfig
+from pegboard.core.errors import InvalidParameterError
+
+logger = logging.getLogger("pegboard.server")
+
+API_KEY_ENV = "PEGBOARD_API_KEY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model argument, the engine flags and the server flags (vLLM's names)."""
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help=f"model name, path or hub id (default: {DEFAULT_MODEL})")
+    add_engine_arguments(parser)
+    group = parser.add_argument_group("server")
+    group.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, every interface)")
+    group.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    group.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                       help="model name(s) clients use in 'model' (default: the MODEL argument)")
+    group.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                       help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV})")
+    group.add_argument("--max-waiting-requests", type=int, default=1024,
+                       help="requests allowed to wait beyond --max-num-seqs before answering 503 (default: 1024)")
+    group.add_argument("--shutdown-timeout", type=float, default=30.0,
+                       help="seconds in-flight requests may run after SIGTERM/SIGINT before they are aborted "
+                            "(default: 30)")
+    group.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the model's)")
+    group.add_argument("--ssl-keyfile", help="serve HTTPS with this private key")
+    group.add_argument("--ssl-certfile", help="serve HTTPS with this certificate")
+
+
+def main(args: argparse.Namespace, board: Any) -> int:
+    """Load the model, serve until a signal, then stop; returns the exit status."""
+    import uvicorn
+
+    from pegboard.core.async_engine import AsyncLLMEngine
+    from pegboard.server.app import build_app
+    from pegboard.server.uvicorn_server import GracefulServer
+
+    for flag, value in (("--max-waiting-requests", args.max_waiting_requests),
+                        ("--shutdown-timeout", args.shutdown_timeout), ("--port", args.port)):
+        if value < 0:
+            raise InvalidParameterError(f"{flag} must be >= 0, got {value}")
+    config = EngineConfig(model=args.model, **engine_kwargs_from_args(args))
+    engine = AsyncLLMEngine.from_config(config, board, max_waiting_requests=args.max_waiting_requests)
+    try:
+        app = build_app(engine, tuple(args.served_model_name or ()), api_key=args.api_key,
+                        chat_template=read_chat_template(args.chat_template))
+        server = GracefulServer(uvicorn.Config(
+            app, host=args.host, port=args.port, log_level=args.log_level, ssl_keyfile=args.ssl_keyfile,
+            ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=args.shutdown_timeout))
+        server.run()
+    finally:
+        engine.shutdown()
+    return 0 if server.started else 1
+
+
+def read_chat_template(value: str | None) -> str | None:
+    """A template given inline or as a path to a file."""
+    if value is None or not Path(value).is_file():
+        return value
+    return Path(value).read_text()

@@ -1,0 +1,98 @@
+"""Request parsing and stream deltas without a server: what a body becomes, what a chunk may show."""
+
+from __future__ import annotations
+
+import pytest
+
+from pegboard.core.errors import InvalidParameterError
+from pegboard.core.outputs import CompletionOutput
+from pegboard.server.errors import APIError
+from pegboard.server.protocol import ServedModel, parse_chat_request, parse_completion_request
+from pegboard.server.streaming import ChoiceStream
+
+MODEL = ServedModel(names=("m", "alias"), vocab_size=100, max_model_len=64, grammars=frozenset())
+
+
+def with_grammars(*kinds: str) -> ServedModel:
+    return ServedModel(MODEL.names, MODEL.vocab_size, MODEL.max_model_len, frozenset(kinds))
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("hi", ["hi"]), (["a", "b"], ["a", "b"]), ([1, 2], [[1, 2]]), ([[1], [2, 3]], [[1], [2, 3]])])
+def test_the_four_prompt_shapes(prompt, expected):
+    assert parse_completion_request({"prompt": prompt}, MODEL).prompts == expected
+
+
+def test_completion_defaults_follow_openai():
+    parsed = parse_completion_request({"prompt": "x"}, MODEL)
+    assert (parsed.model, parsed.params.max_tokens, parsed.params.n, parsed.params.temperature) == ("m", 16, 1, 1.0)
+    assert not parsed.stream and not parsed.echo and parsed.params.logprobs is None
+
+
+def test_echo_with_max_tokens_0_asks_for_prompt_logprobs_only():
+    parsed = parse_completion_request({"prompt": "x", "echo": True, "max_tokens": 0, "logprobs": 2}, MODEL)
+    assert parsed.echo_only and parsed.params.prompt_logprobs == 2 and parsed.params.max_tokens == 1
+
+
+def test_vllm_extras_reach_the_sampling_params():
+    body = {"prompt": "x", "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2, "min_tokens": 2, "ignore_eos": True,
+            "stop_token_ids": [7], "logit_bias": {"3": -100}, "seed": 11, "stop": "END"}
+    params = parse_completion_request(body, MODEL).params
+    assert (params.top_k, params.min_p, params.repetition_penalty, params.min_tokens) == (5, 0.1, 1.2, 2)
+    assert (params.ignore_eos, params.stop_token_ids, params.logit_bias) == (True, [7], {3: -100.0})
+    assert (params.seed, params.stop) == (11, ["END"])
+
+
+def test_chat_messages_become_template_input():
+    body = {"messages": [{"role": "developer", "content": "be brief"},
+                         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                         {"role": "assistant", "content": None, "name": "bot"}],
+            "max_tokens": 9, "max_completion_tokens": 4, "logprobs": True}
+    parsed = parse_chat_request(body, MODEL)
+    assert parsed.messages == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a\nb"},
+                               {"role": "assistant", "content": "", "name": "bot"}]
+    assert parsed.params.max_tokens == 4 and parsed.params.logprobs == 0
+    assert parse_chat_request({"messages": body["messages"]}, MODEL).params.max_tokens is None
+
+
+def test_an_unknown_model_is_404_and_an_alias_is_fine():
+    with pytest.raises(APIError) as error:
+        parse_completion_request({"prompt": "x", "model": "gpt-4"}, MODEL)
+    assert (error.value.status, error.value.code, error.value.param) == (404, "model_not_found", "model")
+    assert parse_completion_request({"prompt": "x", "model": "alias"}, MODEL).model == "alias"
+
+
+def test_response_format_goes_to_a_registered_grammar():
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    body = {"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
+    params = parse_chat_request(body, with_grammars("json_schema")).params
+    assert params.extra == {"guided_decoding": {"kind": "json_schema", "spec": schema}}
+    as_object = {**body, "response_format": {"type": "json_object"}}
+    assert parse_chat_request(as_object, with_grammars("json_schema")).params.extra == {
+        "guided_decoding": {"kind": "json_schema", "spec": {"type": "object"}}}
+    guided = {"prompt": "x", "guided_choice": ["yes", "no"]}
+    assert parse_completion_request(guided, with_grammars("choice")).params.extra["guided_decoding"]["kind"] == "choice"
+    with pytest.raises(InvalidParameterError, match="needs a grammar plugin that registers 'json_schema'.*none"):
+        parse_chat_request(body, MODEL)
+    with pytest.raises(InvalidParameterError, match="cannot be combined"):
+        parse_chat_request({**body, "guided_json": schema}, with_grammars("json_schema"))
+
+
+def output(text: str, tokens: int, finish: str | None = None) -> CompletionOutput:
+    return CompletionOutput(index=0, text=text, token_ids=list(range(tokens)), finish_reason=finish)
+
+
+def test_a_stream_holds_back_what_could_start_a_stop_string_until_it_finishes():
+    stream = ChoiceStream(hold_back=len("STOP") - 1)
+    assert stream.advance(output("Hello S", 2)) == ("Hell", 0, 2)
+    assert stream.advance(output("Hello ST", 3)) == ("o", 2, 3)
+    assert stream.advance(output("Hello ST", 3)) is None  # nothing new
+    assert stream.advance(output("Hello ", 4, "stop")) == (" ", 3, 4)  # the stop string was cut: none of it leaked
+    assert stream.advance(output("Hello ", 4, "stop")) is None  # finished choices stay quiet
+
+
+def test_a_finished_stream_flushes_the_held_back_text():
+    stream = ChoiceStream(hold_back=3)
+    assert stream.advance(output("abcdef", 3)) == ("abc", 0, 3)
+    assert stream.advance(output("abcdefg", 4, "length")) == ("defg", 3, 4)

@@ -16,6 +16,7 @@ from pegboard.core.model_files import ModelFiles
 from pegboard.core.request import Request
 from pegboard.core.runner_output import RunnerOutput, TokenLogprobs
 from pegboard.core.scheduler import SchedulerOutput
+from pegboard.core.staging import HostStaging
 
 logger = logging.getLogger("pegboard.runner")
 
@@ -97,6 +98,7 @@ class ModelRunner:
             self.kv_spec, num_heads=attn.num_heads, scale=attn.head_dim ** -0.5, device=self.device)
         self.sampler = board.samplers.get(config.sampler)(
             vocab_size=self.vocab_size, device=self.device, seed=config.seed)
+        self._staging = HostStaging(self.device, torch.long)
         self.logits_processors = [factory(vocab_size=self.vocab_size, device=self.device, config=config)
                                   for _, factory in board.logits_processors.items()]
 
@@ -172,16 +174,14 @@ class ModelRunner:
                     prompt_targets.extend(request.prompt_token_ids[first + 1:first + 1 + count])
                     prompt_spans.append((request, count))
 
-        device = self.device
+        ids_t, positions_t, slots_t, rows_t = self._staging.upload(
+            input_ids, positions, slots, sample_rows + prompt_rows)
         layout = BatchLayout(query_lens=query_lens, context_lens=context_lens, block_tables=tables,
-                             slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
-                             num_tokens=len(input_ids), max_query_len=max(query_lens),
+                             slot_mapping=slots_t, num_tokens=len(input_ids), max_query_len=max(query_lens),
                              max_context_len=max(context_lens))
         attn = AttentionContext(self.attention, self.attention.build_metadata(layout))
-        hidden = self.model(torch.tensor(input_ids, dtype=torch.long, device=device),
-                            torch.tensor(positions, dtype=torch.long, device=device), attn)
-        rows = torch.tensor(sample_rows + prompt_rows, dtype=torch.long, device=device)
-        logits = self.model.compute_logits(hidden[rows])  # [S + P, V] float32
+        hidden = self.model(ids_t, positions_t, attn)
+        logits = self.model.compute_logits(hidden[rows_t])  # [S + P, V] float32
         return self._sample(logits, sample_requests, prompt_targets, prompt_spans)
 
     def _sample(self, logits: torch.Tensor, requests: list[Request], prompt_targets: list[int],

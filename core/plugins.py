@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pegboard.plugins.loader_dummy",
     "pegboard.plugins.llama",
     "pegboard.plugins.torch_attention",
+    "pegboard.plugins.triton_attention",
     "pegboard.plugins.default_sampler",
     "pegboard.plugins.plain_block_allocator",
     "pegboard.plugins.uniproc_executor",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 from typing import Any
 
@@ -124,7 +126,17 @@ def gguf_tokenizer(gguf: GGUFFile) -> Any:
     if "tokenizer.ggml.tokens" not in metadata:
         return None
     from transformers import PreTrainedTokenizerFast
-    from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    try:  # transformers >= 5.2x; older releases keep these in integrations.ggml
+        from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    except ImportError:
+        try:
+            from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+        except ImportError:  # parse the file again through transformers' own loader (slower, same ids)
+            from transformers import AutoTokenizer
+
+            path = Path(gguf.path)
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
     groups = {
         group: {name: metadata[f"tokenizer.{key}"] for key, name in keys.items() if f"tokenizer.{key}" in metadata}
@@ -138,4 +150,4 @@ def gguf_tokenizer(gguf: GGUFFile) -> Any:
         if f"tokenizer.ggml.{key}" in metadata:
             init_kwargs[name] = tokens[metadata[f"tokenizer.ggml.{key}"]]
     backend, extra = convert_gguf_tokenizer(gguf.architecture, tokenizer_dict)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **init_kwargs, **extra)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **{**extra, **init_kwargs})

@@ -5,6 +5,7 @@ Shapes: T = tokens in the step's batch, D = hidden size, H / Hkv = query / KV he
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable
 
 import torch
@@ -17,6 +18,18 @@ from pegboard.core.errors import UnsupportedModelError
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
+@functools.cache
+def _fused_kernels():
+    """The Triton kernels (RMSNorm, rotary, SiLU-and-mul) used on CUDA; imported on first use."""
+    from types import SimpleNamespace
+
+    from pegboard.kernels.rms_norm import rms_norm
+    from pegboard.kernels.rotary import rotary_embedding
+    from pegboard.kernels.silu_and_mul import silu_and_mul
+
+    return SimpleNamespace(rms_norm=rms_norm, rotary_embedding=rotary_embedding, silu_and_mul=silu_and_mul)
+
+
 class RMSNorm(nn.Module):
     """RMSNorm in float32 (as HF does), optionally adding a residual first: returns (normed, residual)."""
 
@@ -26,6 +39,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        if x.is_cuda:
+            return _fused_kernels().rms_norm(x, self.weight, eps=self.eps, residual=residual)
         if residual is not None:
             x = x + residual
         residual = x
@@ -62,13 +77,17 @@ class RotaryEmbedding(nn.Module):
             from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
             inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
-        freqs = torch.arange(max_positions, dtype=torch.float)[:, None] * inv_freq[None, :].float()
+        device = torch.empty(0).device  # where the model is being built
+        positions = torch.arange(max_positions, dtype=torch.float, device=device)
+        freqs = positions[:, None] * inv_freq.to(device=device, dtype=torch.float)[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)  # [P, Dh]
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q: [T, H, Dh], k: [T, Hkv, Dh] -> both rotated."""
+        if q.is_cuda:
+            return _fused_kernels().rotary_embedding(positions, q, k, self.cos, self.sin, inplace=True)
         cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, Dh]
         sin = self.sin[positions].unsqueeze(1).to(q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
@@ -126,7 +145,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if gate_up.is_cuda:
+            return self.down_proj(_fused_kernels().silu_and_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

@@ -16,9 +16,9 @@ from pegboard.core.hookspecs import hookimpl
 if TYPE_CHECKING:
     from pegboard.plugins.prometheus_engine_metrics import EngineMetrics
 
-# LLMEngine -> its metrics; EngineMetrics holds the engine only weakly, so engines still get collected.
 logger = logging.getLogger("pegboard.metrics")
 
+# LLMEngine -> its metrics; EngineMetrics holds the engine only weakly, so engines still get collected.
 _by_engine: weakref.WeakKeyDictionary[Any, EngineMetrics] = weakref.WeakKeyDictionary()
 _newest: weakref.ref | None = None  # the engine that observer hooks report to
 
@@ -38,8 +38,8 @@ def on_engine_start(engine: Any) -> None:
     global _newest
     try:
         from pegboard.plugins.prometheus_engine_metrics import EngineMetrics
-    except ImportError as exc:  # a bare install: `pip install pegboard[server]` brings prometheus_client
-        logger.warning("no Prometheus metrics for this engine: %s", exc)
+    except ImportError as exc:  # a bare install (no server): `pegboard[server]` brings prometheus_client
+        logger.debug("no Prometheus metrics for this engine: %s", exc)
         return
     _by_engine[engine] = EngineMetrics(engine)
     _newest = weakref.ref(engine)

@@ -61,7 +61,7 @@ def hf_greedy(hf_reference_model, prompts) -> list[dict]:
 
 
 def _greedy(llm: LLM, prompts, **extra) -> list:
-    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, **extra)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS, **extra)  # = HF min_new_tokens
     return llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
 
 

@@ -1,0 +1,91 @@
+"""``bench serve`` figures from per-request timings, defined as vLLM's ``bench serve`` defines them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PERCENTILES = (99,)
+
+
+@dataclass
+class RequestResult:
+    """One streamed request as the client saw it (seconds, from the moment it was sent)."""
+
+    success: bool = False
+    prompt_len: int = 0
+    output_tokens: int = 0
+    ttft: float = 0.0  # until the first chunk with content
+    latency: float = 0.0  # until the stream ended
+    itl: list[float] = field(default_factory=list)  # gaps between successive content chunks
+    error: str = ""
+
+
+def distribution(seconds: list[float], percentiles: tuple[int, ...] = PERCENTILES) -> dict[str, float]:
+    """Mean, median, standard deviation and percentiles in milliseconds (zeros for no values, as vLLM)."""
+    import numpy as np
+
+    values = np.asarray(seconds or [0.0], dtype=np.float64) * 1000
+    figures = {"mean": float(values.mean()), "median": float(np.median(values)), "std": float(values.std())}
+    figures.update({f"p{p}": float(np.percentile(values, p)) for p in percentiles})
+    return figures
+
+
+def tpot(result: RequestResult) -> float | None:
+    """Time per output token after the first: (latency - TTFT) / (output tokens - 1); None for one token."""
+    if result.output_tokens < 2:
+        return None
+    return (result.latency - result.ttft) / (result.output_tokens - 1)
+
+
+def summarize(results: list[RequestResult], duration: float,
+              percentiles: tuple[int, ...] = PERCENTILES) -> dict[str, Any]:
+    """Counts, throughputs and TTFT / TPOT / ITL / E2EL distributions over the successful requests."""
+    done = [r for r in results if r.success]
+    input_tokens = sum(r.prompt_len for r in done)
+    output_tokens = sum(r.output_tokens for r in done)
+    tpots = [t for t in map(tpot, done) if t is not None]
+    return {
+        "duration_s": duration,
+        "completed": len(done),
+        "failed": len(results) - len(done),
+        "total_input_tokens": input_tokens,
+        "total_output_tokens": output_tokens,
+        "request_throughput": len(done) / duration,
+        "output_throughput": output_tokens / duration,
+        "total_token_throughput": (input_tokens + output_tokens) / duration,
+        "ttft_ms": distribution([r.ttft for r in done], percentiles),
+        "tpot_ms": distribution(tpots, percentiles),
+        "itl_ms": distribution([gap for r in done for gap in r.itl], percentiles),
+        "e2el_ms": distribution([r.latency for r in done], percentiles),
+    }
+
+
+def format_summary(summary: dict[str, Any], max_concurrency: int | None, request_rate: float) -> str:
+    """The summary as a table laid out like vLLM's ``bench serve`` result."""
+    lines = [f"{' Serving Benchmark Result ':=^50}"]
+
+    def row(label: str, value: Any, digits: int = 2) -> None:
+        text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        lines.append(f"{label:<40} {text:<10}")
+
+    row("Successful requests:", summary["completed"])
+    row("Failed requests:", summary["failed"])
+    row("Request rate configured (RPS):", request_rate)
+    row("Maximum request concurrency:", max_concurrency if max_concurrency else "none")
+    row("Benchmark duration (s):", summary["duration_s"])
+    row("Total input tokens:", summary["total_input_tokens"])
+    row("Total generated tokens:", summary["total_output_tokens"])
+    row("Request throughput (req/s):", summary["request_throughput"])
+    row("Output token throughput (tok/s):", summary["output_throughput"])
+    row("Total token throughput (tok/s):", summary["total_token_throughput"])
+    for key, title, short in (("ttft_ms", "Time to First Token", "TTFT"),
+                              ("tpot_ms", "Time per Output Token (excl. 1st token)", "TPOT"),
+                              ("itl_ms", "Inter-token Latency", "ITL"),
+                              ("e2el_ms", "End-to-end Latency", "E2EL")):
+        lines.append(f"{title:-^50}")
+        for stat, figure in summary[key].items():
+            if stat != "std":
+                row(f"{stat.capitalize() if stat in ('mean', 'median') else stat.upper()} {short} (ms):", figure)
+    lines.append("=" * 50)
+    return "\n".join(lines)

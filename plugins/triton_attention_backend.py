@@ -1,0 +1,67 @@
+"""Paged attention on CUDA with the Triton kernels of pegboard.kernels (decode: split-KV; prefill: varlen)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pegboard.core.attention import BatchLayout, KVCacheSpec
+from pegboard.core.staging import HostStaging
+from pegboard.kernels.kv_cache_write import kv_cache_write
+from pegboard.kernels.paged_decode_attention import paged_decode_attention
+from pegboard.kernels.paged_prefill_attention import paged_prefill_attention
+
+
+@dataclass
+class TritonAttentionMetadata:
+    """Per-step device tensors shared by all layers."""
+
+    slot_mapping: torch.Tensor  # [T] int64
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    context_lens: torch.Tensor  # [B] int32
+    query_start_loc: torch.Tensor  # [B + 1] int32
+    max_query_len: int  # 1: every request decodes one token
+
+
+class TritonAttentionBackend:
+    """KV write + paged decode / prefill attention kernels over a [layers, slots, Hkv, D] cache."""
+
+    name = "triton"
+
+    def __init__(self, spec: KVCacheSpec, *, num_heads: int, scale: float, device: torch.device) -> None:
+        if device.type != "cuda":
+            raise ValueError("the triton attention backend needs a CUDA device; use the torch backend")
+        self.spec = spec
+        self.num_heads = num_heads
+        self.scale = scale
+        self.device = device
+        shape = (spec.num_layers, spec.num_blocks * spec.block_size, spec.num_kv_heads, spec.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=spec.dtype, device=device)
+        self.v_cache = torch.zeros(shape, dtype=spec.dtype, device=device)
+        self._staging = HostStaging(device, torch.int32)
+
+    def build_metadata(self, layout: BatchLayout) -> TritonAttentionMetadata:
+        """Pack the step's block tables and lengths into device tensors (one host-to-device copy each)."""
+        width = max(len(t) for t in layout.block_tables)
+        tables = [t + [0] * (width - len(t)) for t in layout.block_tables]
+        starts = [0]
+        for n in layout.query_lens:
+            starts.append(starts[-1] + n)
+        context_lens, query_start_loc, flat_tables = self._staging.upload(
+            layout.context_lens, starts, [b for t in tables for b in t])
+        return TritonAttentionMetadata(
+            slot_mapping=layout.slot_mapping, context_lens=context_lens, query_start_loc=query_start_loc,
+            block_tables=flat_tables.view(len(tables), width), max_query_len=layout.max_query_len)
+
+    def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                metadata: TritonAttentionMetadata) -> torch.Tensor:
+        """Write k, v into the cache, then attend. q: [T, H, D], k/v: [T, Hkv, D] -> [T, H, D]."""
+        k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]
+        kv_cache_write(k, v, k_cache, v_cache, metadata.slot_mapping)
+        if metadata.max_query_len == 1:
+            return paged_decode_attention(q, k_cache, v_cache, metadata.block_tables, metadata.context_lens,
+                                          block_size=self.spec.block_size, scale=self.scale)
+        return paged_prefill_attention(q, k_cache, v_cache, metadata.block_tables, metadata.query_start_loc,
+                                       metadata.context_lens, block_size=self.spec.block_size, scale=self.scale,
+                                       max_query_len=metadata.max_query_len)

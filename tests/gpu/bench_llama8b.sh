@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# GPU throughput benchmarks (issue 4): a Llama-3.1-8B-shaped model with random weights, bf16, greedy,
+# ignore_eos. Usage: bash tests/gpu/bench_llama8b.sh [A] [B] [C]   (default: B, pegboard and HF in one run)
+# Workloads (each with its own prompt seed): A 1000 x 1024 in / 128 out; B 256 x 512 / 128; C 1000 x 128 / 1024.
+set -euo pipefail
+out="${OUT:-/tmp}"
+cfg="$(mktemp -d)/llama-3.1-8b-shape"
+python3 - "$cfg" <<'PY'
+import sys
+from transformers import LlamaConfig
+LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+            intermediate_size=14336, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+            rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
+            architectures=["LlamaForCausalLM"]).save_pretrained(sys.argv[1])
+PY
+python3 tests/gpu/ceilings.py
+common=(--model "$cfg" --load-format dummy --skip-tokenizer-init --dtype bfloat16 --max-model-len 2304
+        --max-num-seqs 256 --max-num-batched-tokens 8192 --dataset random)
+for w in "${@:-B}"; do
+  case "$w" in
+    A) args=(--num-prompts 1000 --input-len 1024 --output-len 128 --prompt-seed 1 --backend pegboard) ;;
+    B) args=(--num-prompts 256 --input-len 512 --output-len 128 --prompt-seed 2 --backend both --hf-batch-size 64) ;;
+    C) args=(--num-prompts 1000 --input-len 128 --output-len 1024 --prompt-seed 3 --backend pegboard) ;;
+    *) echo "unknown workload $w" >&2; exit 2 ;;
+  esac
+  echo "== workload $w"
+  python3 -m pegboard.core.cli bench throughput "${common[@]}" "${args[@]}" --output-json "$out/bench_$w.json"
+done

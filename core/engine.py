@@ -232,7 +232,7 @@ class LLMEngine:
         outputs = [self._output(group) for group in touched.values()]
         self._retire_finished(outputs)
         if self._observe_steps:
-            self.board.pm.hook.on_step_end(stats=StepStats(
+            self.board.pm.hook.on_step_end(engine=self, stats=StepStats(
                 step_time=time.perf_counter() - started, num_running=self.scheduler.num_running,
                 num_waiting=self.scheduler.num_waiting, kv_cache_usage=self.block_manager.usage,
                 num_prompt_tokens=prompt_tokens, num_generation_tokens=len(result.request_ids),
@@ -284,4 +284,4 @@ class LLMEngine:
                 self.requests.pop(child.request_id, None)
             self.executor.free([child.request_id for child in group.children])
             if self._observe_finished:
-                self.board.pm.hook.on_request_finished(output=output)
+                self.board.pm.hook.on_request_finished(output=output, engine=self)

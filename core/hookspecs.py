@@ -87,13 +87,13 @@ def on_engine_start(engine: Any) -> None:
 
 
 @hookspec
-def on_step_end(stats: Any) -> None:
-    """Observe one engine step through its batch-level ``StepStats``."""
+def on_step_end(stats: Any, engine: Any) -> None:
+    """Observe one step of ``engine`` through its batch-level ``StepStats``."""
 
 
 @hookspec
-def on_request_finished(output: Any) -> None:
-    """Observe a finished request through its final ``RequestOutput``."""
+def on_request_finished(output: Any, engine: Any) -> None:
+    """Observe a request of ``engine`` that finished, through its final ``RequestOutput``."""
 
 
 @hookspec

@@ -1,8 +1,7 @@
 """Built-in plugin: Prometheus metrics (``pegboard:*``) of each engine, served at ``GET /metrics``.
 
-Every engine gets its own ``CollectorRegistry`` (two engines in one process never collide). The
-observer hooks receive no engine, so step and request figures go to the most recently started engine
-that is still alive: exact with one engine per process, as a server has.
+Every engine gets its own ``CollectorRegistry`` (two engines in one process never collide); the
+observer hooks name their engine, so each figure lands in its own engine's registry.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ logger = logging.getLogger("pegboard.metrics")
 
 # LLMEngine -> its metrics; EngineMetrics holds the engine only weakly, so engines still get collected.
 _by_engine: weakref.WeakKeyDictionary[Any, EngineMetrics] = weakref.WeakKeyDictionary()
-_newest: weakref.ref | None = None  # the engine that observer hooks report to
 
 
 def metrics_of(engine: Any) -> EngineMetrics | None:
@@ -28,33 +26,26 @@ def metrics_of(engine: Any) -> EngineMetrics | None:
     return _by_engine.get(getattr(engine, "engine", engine))
 
 
-def _current() -> EngineMetrics | None:
-    engine = _newest() if _newest is not None else None
-    return None if engine is None else _by_engine.get(engine)
-
-
 @hookimpl
 def on_engine_start(engine: Any) -> None:
-    global _newest
     try:
         from pegboard.plugins.prometheus_engine_metrics import EngineMetrics
     except ImportError as exc:  # a bare install (no server): `pegboard[server]` brings prometheus_client
         logger.debug("no Prometheus metrics for this engine: %s", exc)
         return
     _by_engine[engine] = EngineMetrics(engine)
-    _newest = weakref.ref(engine)
 
 
 @hookimpl
-def on_step_end(stats: Any) -> None:
-    metrics = _current()
+def on_step_end(stats: Any, engine: Any) -> None:
+    metrics = _by_engine.get(engine)
     if metrics is not None:
         metrics.observe_step(stats)
 
 
 @hookimpl
-def on_request_finished(output: Any) -> None:
-    metrics = _current()
+def on_request_finished(output: Any, engine: Any) -> None:
+    metrics = _by_engine.get(engine)
     if metrics is not None:
         metrics.observe_finished(output)
 

@@ -56,6 +56,8 @@ def main(args: argparse.Namespace, board: Any) -> int:
         if value < 0:
             raise InvalidParameterError(f"{flag} must be >= 0, got {value}")
     config = EngineConfig(model=args.model, **engine_kwargs_from_args(args))
+    if args.served_model_name:  # the metrics' model_name label
+        config.extra["served_model_name"] = args.served_model_name[0]
     engine = AsyncLLMEngine.from_config(config, board, max_waiting_requests=args.max_waiting_requests)
     try:
         app = build_app(engine, tuple(args.served_model_name or ()), api_key=args.api_key,

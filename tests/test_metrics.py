@@ -119,6 +119,11 @@ def test_two_engines_in_one_process_keep_separate_registries(tiny_llama_dir):
     first, second = start_engine(tiny_llama_dir, "first"), start_engine(tiny_llama_dir, "second")
     assert metrics_of(first).registry is not metrics_of(second).registry
     assert metrics_of(first).model_name == "first" and metrics_of(second).model_name == "second"
+    run(first, [([1, 2, 3], SamplingParams(max_tokens=5, ignore_eos=True))])  # the older engine does the work
+    first_samples, second_samples = scrape(first), scrape(second)
+    tokens = "pegboard:generation_tokens_total"
+    assert first_samples[(tokens, frozenset({"model_name": "first"}.items()))] == 5
+    assert second_samples[(tokens, frozenset({"model_name": "second"}.items()))] == 0
 
 
 def test_the_step_observer_is_cheap(tiny_llama_dir):

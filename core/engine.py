@@ -110,6 +110,11 @@ class LLMEngine:
 
     def _max_model_len(self) -> int:
         limit = getattr(self.hf_config, "max_position_embeddings", None) or 2048
+        window = getattr(self.hf_config, "sliding_window", None)
+        if window and getattr(self.hf_config, "use_sliding_window", True) and window < limit:
+            logger.warning("the model attends within a sliding window of %d tokens, which the attention backends "
+                           "do not implement: contexts are capped at %d tokens", window, window)
+            limit = window
         if self.config.max_model_len is None:
             return limit
         if self.config.max_model_len > limit:

@@ -59,3 +59,9 @@ def test_variant_matches_transformers(variant, tmp_path):
             hf_logprobs = torch.log_softmax(logits[len(prompt) - 1:-1], -1)
             for step, (token, position) in enumerate(zip(output.outputs[0].token_ids, output.outputs[0].logprobs)):
                 assert abs(position[token].logprob - hf_logprobs[step, token].item()) < 1e-4, (variant, step)
+
+
+def test_a_sliding_window_caps_the_context(tmp_path):
+    save_random_model(tmp_path, "MistralConfig", "MistralForCausalLM", dict(sliding_window=128))
+    llm = LLM(str(tmp_path), skip_tokenizer_init=True, device="cpu")
+    assert llm.engine.max_model_len == 128  # full attention beyond the window would silently differ

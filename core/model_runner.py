@@ -11,6 +11,7 @@ import torch
 
 from pegboard.core.attention import AttentionContext, BatchLayout, KVCacheSpec
 from pegboard.core.config import EngineConfig
+from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
 from pegboard.core.request import Request
@@ -71,8 +72,6 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, hf_config, self.device)
         self.hf_config = hf_config
         self.max_model_len = max_model_len
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, torch.get_num_threads()))
 
         architecture = (getattr(hf_config, "architectures", None) or ["?"])[0]
         if architecture not in board.model_architectures:
@@ -197,8 +196,6 @@ class ModelRunner:
             logprobs = tuple(_zip_logprobs(out.logprob_token_ids.tolist(), out.logprobs.tolist(), out.ranks.tolist()))
         prompt_logprobs: dict[str, list[TokenLogprobs]] = {}
         if prompt_spans:
-            from pegboard.plugins.default_sampler import top_logprobs
-
             k = max(r.sampling_params.prompt_logprobs for r, _ in prompt_spans)
             targets = torch.tensor(prompt_targets, dtype=torch.long, device=self.device)
             lp, ids, ranks = top_logprobs(logits[num_sampled:], targets, k)

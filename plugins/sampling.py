@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from pegboard.core.request import Request
+from pegboard.core.logprobs import top_logprobs
 from pegboard.plugins.sampling_ops import (NEG_INF, apply_min_p, apply_penalties, apply_top_k_top_p,
-                                           exponential_race, race_noise_size, top_logprobs)
+                                           exponential_race, race_noise_size)
 
 _SEED_MASK = 2**64 - 1  # torch generators take 64-bit seeds
 

@@ -13,7 +13,8 @@ from pegboard.core.plugins import load_board
 from pegboard.core.request import Request
 from pegboard.core.sampling_params import SamplingParams
 from pegboard.plugins import default_sampler
-from pegboard.plugins.default_sampler import make_sampler, top_logprobs
+from pegboard.core.logprobs import top_logprobs
+from pegboard.plugins.default_sampler import make_sampler
 from pegboard.plugins.sampling_ops import exponential_race, race_noise_size
 
 V = 32

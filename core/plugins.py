@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pegboard.plugins.triton_attention",
     "pegboard.plugins.default_sampler",
     "pegboard.plugins.plain_block_allocator",
+    "pegboard.plugins.prefix_caching_allocator",
     "pegboard.plugins.uniproc_executor",
     "pegboard.plugins.prometheus_metrics",
 )

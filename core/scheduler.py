@@ -85,17 +85,19 @@ class Scheduler:
         if not preempted:
             now = time.monotonic()
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-                request = self.waiting[0]
-                if request.num_computed_tokens == 0 and not request.block_table:
-                    request.num_cached_tokens = self.block_manager.match_prefix(request)
-                    request.num_computed_tokens = request.num_cached_tokens
-                tokens = min(request.num_tokens - request.num_computed_tokens, budget)
+                request = self.waiting[0]  # waiting requests hold no blocks
+                cached = self.block_manager.match_prefix(request)
+                request.num_computed_tokens = cached
+                tokens = min(request.num_tokens - cached, budget)
                 if not self.block_manager.allocate_slots(request, tokens):
+                    self.block_manager.free(request)  # give back the prefix blocks (they stay cached)
+                    request.num_computed_tokens = 0
                     break
                 self.waiting.popleft()
                 request.status = RequestStatus.RUNNING
                 if request.metrics.first_scheduled_time is None:
                     request.metrics.first_scheduled_time = now
+                    request.num_cached_tokens = cached
                 self.running.append(request)
                 scheduled.append(request)
                 num_new.append(tokens)

@@ -6,6 +6,7 @@ import sys
 TORCH_FREE_MODULES = [
     "pegboard.core.scheduler",
     "pegboard.core.block_manager",
+    "pegboard.core.prefix_cache",
     "pegboard.core.request",
     "pegboard.core.sampling_params",
     "pegboard.core.config",

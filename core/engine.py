@@ -91,11 +91,12 @@ class LLMEngine:
         self.hf_config = loader.load_config(self.files)
         self.tokenizer = None if config.skip_tokenizer_init else loader.load_tokenizer(self.files)
         self.max_model_len = self._max_model_len()
+        self.max_num_batched_tokens = config.max_num_batched_tokens or max(2048, min(self.max_model_len, 8192))
+        config.max_num_batched_tokens = self.max_num_batched_tokens  # resolved for the executor
         self.executor = self.board.executors.get(config.executor)(
             config, self.board, self.files, loader, self.hf_config, self.max_model_len)
         self.block_manager = self.board.block_allocators.get(config.block_allocator)(
             self.executor.num_kv_blocks, config.block_size)
-        self.max_num_batched_tokens = config.max_num_batched_tokens or max(2048, min(self.max_model_len, 8192))
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=config.max_num_seqs,
                                    max_num_batched_tokens=self.max_num_batched_tokens)
         self.eos_token_id = self._eos_token_id()

@@ -14,6 +14,7 @@ from pegboard.core.config import EngineConfig
 from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
+from pegboard.core.profile_run import activation_peak
 from pegboard.core.request import Request
 from pegboard.core.runner_output import RunnerOutput, TokenLogprobs
 from pegboard.core.scheduler import SchedulerOutput
@@ -90,13 +91,16 @@ class ModelRunner:
 
         self.vocab_size = hf_config.vocab_size
         self.block_size = config.block_size
-        self.kv_spec = self._kv_cache_spec()
-        backend_name = self._attention_backend_name(board)
-        attn = self.model.layers[0].self_attn
-        self.attention = board.attention_backends.get(backend_name)(
-            self.kv_spec, num_heads=attn.num_heads, scale=attn.head_dim ** -0.5, device=self.device)
         self.sampler = board.samplers.get(config.sampler)(
             vocab_size=self.vocab_size, device=self.device, seed=config.seed)
+        backend_factory = board.attention_backends.get(self._attention_backend_name(board))
+        attn = self.model.layers[0].self_attn
+
+        def make_backend(spec: KVCacheSpec) -> Any:
+            return backend_factory(spec, num_heads=attn.num_heads, scale=attn.head_dim ** -0.5, device=self.device)
+
+        self.kv_spec = self._kv_cache_spec(make_backend)
+        self.attention = make_backend(self.kv_spec)
         self._staging = HostStaging(self.device, torch.long)
         self.logits_processors = [factory(vocab_size=self.vocab_size, device=self.device, config=config)
                                   for _, factory in board.logits_processors.items()]
@@ -113,20 +117,30 @@ class ModelRunner:
             return "triton"
         return "torch"
 
-    def _kv_cache_spec(self) -> KVCacheSpec:
-        """Size the KV cache: explicit block count, else the memory budget, capped at what max_num_seqs
-        requests of max_model_len tokens could ever use."""
+    def _kv_cache_spec(self, make_backend: Any) -> KVCacheSpec:
+        """Size the KV cache: explicit block count, else the memory budget (on CUDA: what
+        gpu_memory_utilization leaves after the weights and the measured activation peak), capped at
+        what max_num_seqs requests of max_model_len tokens could ever use."""
         attn = self.model.layers[0].self_attn
         spec = KVCacheSpec(num_layers=len(self.model.layers), num_kv_heads=attn.num_kv_heads,
                            head_dim=attn.head_dim, block_size=self.block_size, num_blocks=0, dtype=self.dtype)
         per_block = spec.bytes_per_block()
         most_useful = self.config.max_num_seqs * -(-self.max_model_len // self.block_size)
+        if self.device.type == "cuda":  # also compiles the kernels before the first request
+            peak = activation_peak(self.model, make_backend, spec, self.sampler,
+                                   max_num_batched_tokens=self.config.max_num_batched_tokens,
+                                   max_num_seqs=self.config.max_num_seqs, max_model_len=self.max_model_len)
+            free, total = torch.cuda.mem_get_info(self.device)
+            weights = torch.cuda.memory_allocated(self.device)
+            outside_torch = (total - free) - torch.cuda.memory_reserved(self.device)
+            budget = total * self.config.gpu_memory_utilization - outside_torch - weights - peak
+            logger.info("GPU memory: %.2f GiB weights, %.2f GiB activation peak at %d batched tokens, "
+                        "%.2f GiB outside torch; %.2f GiB left for the KV cache", weights / 2**30, peak / 2**30,
+                        self.config.max_num_batched_tokens, outside_torch / 2**30, max(budget, 0) / 2**30)
         if self.config.num_kv_blocks is not None:
             spec.num_blocks = self.config.num_kv_blocks
         elif self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            budget = total * self.config.gpu_memory_utilization - (total - free)
-            spec.num_blocks = min(int(budget * 0.9 // per_block), most_useful)
+            spec.num_blocks = min(max(int(budget // per_block), 0), most_useful)
         else:
             gb = self.config.kv_cache_memory_gb or CPU_KV_CACHE_GB
             spec.num_blocks = min(int(gb * 2**30 // per_block), most_useful)

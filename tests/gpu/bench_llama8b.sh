@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU throughput benchmarks (issue 4): a Llama-3.1-8B-shaped model with random weights, bf16, greedy,
-# ignore_eos. Usage: bash tests/gpu/bench_llama8b.sh [A] [B] [C]   (default: B, pegboard and HF in one run)
+# ignore_eos. Usage: [BACKEND=pegboard] bash tests/gpu/bench_llama8b.sh [A] [B] [C]   (default: B, pegboard and HF)
 # Workloads (each with its own prompt seed): A 1000 x 1024 in / 128 out; B 256 x 512 / 128; C 1000 x 128 / 1024.
 set -euo pipefail
 out="${OUT:-/tmp}"
@@ -21,7 +21,7 @@ common=(--model "$cfg" --load-format dummy --skip-tokenizer-init --dtype bfloat1
 for w in "${@:-B}"; do
   case "$w" in
     A) args=(--num-prompts 1000 --input-len 1024 --output-len 128 --prompt-seed 1 --backend pegboard) ;;
-    B) args=(--num-prompts 256 --input-len 512 --output-len 128 --prompt-seed 2 --backend both --hf-batch-size 64) ;;
+    B) args=(--num-prompts 256 --input-len 512 --output-len 128 --prompt-seed 2 --backend "${BACKEND:-both}" --hf-batch-size 64) ;;
     C) args=(--num-prompts 1000 --input-len 128 --output-len 1024 --prompt-seed 3 --backend pegboard) ;;
     *) echo "unknown workload $w" >&2; exit 2 ;;
   esac

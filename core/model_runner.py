@@ -11,6 +11,7 @@ import torch
 
 from pegboard.core.attention import AttentionContext, BatchLayout, KVCacheSpec
 from pegboard.core.config import EngineConfig
+from pegboard.core.cuda_graphs import DecodeGraphs
 from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
@@ -101,7 +102,13 @@ class ModelRunner:
 
         self.kv_spec = self._kv_cache_spec(make_backend)
         self.attention = make_backend(self.kv_spec)
+        self.decode_graphs = None
+        if self.device.type == "cuda" and not config.enforce_eager and hasattr(self.attention, "decode_metadata"):
+            self.decode_graphs = DecodeGraphs(self.model, self.attention, max_batch=config.max_num_seqs,
+                                              max_blocks=-(-max_model_len // self.block_size), device=self.device)
+            self.decode_graphs.capture()
         self._staging = HostStaging(self.device, torch.long)
+        self._staging32 = HostStaging(self.device, torch.int32)
         self.logits_processors = [factory(vocab_size=self.vocab_size, device=self.device, config=config)
                                   for _, factory in board.logits_processors.items()]
 
@@ -187,6 +194,10 @@ class ModelRunner:
                     prompt_targets.extend(request.prompt_token_ids[first + 1:first + 1 + count])
                     prompt_spans.append((request, count))
 
+        if (self.decode_graphs is not None and max(query_lens) == 1 and not prompt_rows
+                and self.decode_graphs.fits(len(query_lens), max(map(len, tables)))):
+            return self._sample(self._replay_decode(input_ids, positions, slots, context_lens, tables),
+                                sample_requests, [], [])
         ids_t, positions_t, slots_t, rows_t = self._staging.upload(
             input_ids, positions, slots, sample_rows + prompt_rows)
         layout = BatchLayout(query_lens=query_lens, context_lens=context_lens, block_tables=tables,
@@ -196,6 +207,15 @@ class ModelRunner:
         hidden = self.model(ids_t, positions_t, attn)
         logits = self.model.compute_logits(hidden[rows_t])  # [S + P, V] float32
         return self._sample(logits, sample_requests, prompt_targets, prompt_spans)
+
+    def _replay_decode(self, input_ids: list[int], positions: list[int], slots: list[int],
+                       context_lens: list[int], tables: list[list[int]]) -> torch.Tensor:
+        """Logits of a decode-only step from its captured CUDA graph."""
+        width = max(map(len, tables))
+        ids_t, positions_t, slots_t = self._staging.upload(input_ids, positions, slots)
+        context_t, flat_tables = self._staging32.upload(
+            context_lens, [b for t in tables for b in t + [0] * (width - len(t))])
+        return self.decode_graphs.run(ids_t, positions_t, slots_t, context_t, flat_tables.view(len(tables), width))
 
     def _sample(self, logits: torch.Tensor, requests: list[Request], prompt_targets: list[int],
                 prompt_spans: list[tuple[Request, int]]) -> RunnerOutput:

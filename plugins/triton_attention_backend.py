@@ -40,6 +40,7 @@ class TritonAttentionBackend:
         self.k_cache = torch.zeros(shape, dtype=spec.dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=spec.dtype, device=device)
         self._staging = HostStaging(device, torch.int32)
+        self._no_query_starts = torch.zeros(1, dtype=torch.int32, device=device)
 
     def build_metadata(self, layout: BatchLayout) -> TritonAttentionMetadata:
         """Pack the step's block tables and lengths into device tensors (one host-to-device copy each)."""
@@ -53,6 +54,13 @@ class TritonAttentionBackend:
         return TritonAttentionMetadata(
             slot_mapping=layout.slot_mapping, context_lens=context_lens, query_start_loc=query_start_loc,
             block_tables=flat_tables.view(len(tables), width), max_query_len=layout.max_query_len)
+
+    def decode_metadata(self, slot_mapping: torch.Tensor, block_tables: torch.Tensor,
+                        context_lens: torch.Tensor) -> TritonAttentionMetadata:
+        """Metadata of a decode-only batch over persistent tensors (what CUDA graphs capture)."""
+        return TritonAttentionMetadata(slot_mapping=slot_mapping, block_tables=block_tables,
+                                       context_lens=context_lens, query_start_loc=self._no_query_starts,
+                                       max_query_len=1)
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 metadata: TritonAttentionMetadata) -> torch.Tensor:

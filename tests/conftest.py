@@ -84,3 +84,26 @@ def tiny_chat_model(tiny_llama_dir, tmp_path_factory) -> Path:
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def module_dir(tmp_path, monkeypatch):
+    """A directory on sys.path for throwaway (plugin) modules: ``write(name, source)`` adds one, importable
+    by name, forgotten after the test; ``write.path`` is the directory."""
+    import importlib
+    import sys
+    import textwrap
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    written = []
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        written.append(name)
+        return name
+
+    write.path = tmp_path
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)

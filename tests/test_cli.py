@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -48,24 +46,6 @@ BENCH_STUB = """
         calls.append((args.model, args.num_prompts, engine_kwargs_from_args(args)))
         return 0
 """
-
-
-@pytest.fixture
-def module_dir(tmp_path, monkeypatch):
-    """A directory on sys.path for throwaway modules; ``write(name, source)`` adds one."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    written = []
-
-    def write(name: str, source: str) -> str:
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        importlib.invalidate_caches()
-        written.append(name)
-        return name
-
-    write.path = tmp_path
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
 
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

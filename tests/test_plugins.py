@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
-import textwrap
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -18,23 +16,6 @@ from pegboard.core.hookspecs import hookimpl
 from pegboard.core.plugins import DEFAULT_PLUGINS, FAMILIES, load_board
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def plugin_module(tmp_path, monkeypatch):
-    """Write a throwaway plugin module importable by name; it is forgotten after the test."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    written = []
-
-    def write(name: str, source: str) -> str:
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        importlib.invalidate_caches()
-        written.append(name)
-        return name
-
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
 
 
 SAMPLER_PLUGIN = """
@@ -57,9 +38,9 @@ def test_builtin_plugins_load_like_third_party_ones():
     assert board.registered_by("pegboard.plugins.plain_block_allocator") == {"block_allocators": ["plain"]}
 
 
-def test_a_plugin_is_a_module_path_a_module_or_any_object_with_hookimpls(plugin_module):
-    by_path = plugin_module("sampler_by_path", SAMPLER_PLUGIN.format(name="by-path"))
-    module = importlib.import_module(plugin_module("sampler_as_module", SAMPLER_PLUGIN.format(name="as-module")))
+def test_a_plugin_is_a_module_path_a_module_or_any_object_with_hookimpls(module_dir):
+    by_path = module_dir("sampler_by_path", SAMPLER_PLUGIN.format(name="by-path"))
+    module = importlib.import_module(module_dir("sampler_as_module", SAMPLER_PLUGIN.format(name="as-module")))
 
     class SamplerPlugin:
         @hookimpl
@@ -72,17 +53,17 @@ def test_a_plugin_is_a_module_path_a_module_or_any_object_with_hookimpls(plugin_
     assert board.samplers.owners["as-object"] == "SamplerPlugin"
 
 
-def test_pegboard_plugins_variable_loads_plugins(plugin_module, monkeypatch):
-    plugin_module("env_plugin_a", SAMPLER_PLUGIN.format(name="a"))
-    plugin_module("env_plugin_b", SAMPLER_PLUGIN.format(name="b"))
+def test_pegboard_plugins_variable_loads_plugins(module_dir, monkeypatch):
+    module_dir("env_plugin_a", SAMPLER_PLUGIN.format(name="a"))
+    module_dir("env_plugin_b", SAMPLER_PLUGIN.format(name="b"))
     monkeypatch.setenv("PEGBOARD_PLUGINS", "env_plugin_a, env_plugin_b")
     board = load_board()
     assert {"env_plugin_a", "env_plugin_b"} <= set(board.plugin_names())
     assert {"a", "b"} <= set(board.samplers.names())
 
 
-def test_entry_points_of_the_pegboard_group_load_plugins(plugin_module, monkeypatch):
-    plugin_module("installed_plugin", SAMPLER_PLUGIN.format(name="installed"))
+def test_entry_points_of_the_pegboard_group_load_plugins(module_dir, monkeypatch):
+    module_dir("installed_plugin", SAMPLER_PLUGIN.format(name="installed"))
     installed = {"pegboard": [EntryPoint(name="installed", value="installed_plugin", group="pegboard"),
                               EntryPoint(name="gone", value="uninstalled_plugin", group="pegboard")]}
     monkeypatch.setattr(board_module, "entry_points", lambda *, group: installed.get(group, []))
@@ -91,8 +72,8 @@ def test_entry_points_of_the_pegboard_group_load_plugins(plugin_module, monkeypa
     assert [f.name for f in board.failures] == ["gone (uninstalled_plugin)"]
 
 
-def test_a_plugin_given_twice_loads_once(plugin_module, monkeypatch):
-    name = plugin_module("twice_plugin", SAMPLER_PLUGIN.format(name="twice"))
+def test_a_plugin_given_twice_loads_once(module_dir, monkeypatch):
+    name = module_dir("twice_plugin", SAMPLER_PLUGIN.format(name="twice"))
     monkeypatch.setenv("PEGBOARD_PLUGINS", name)
     board = load_board(plugins=[name])
     assert board.plugin_names().count(name) == 1 and board.samplers.names().count("twice") == 1
@@ -101,8 +82,8 @@ def test_a_plugin_given_twice_loads_once(plugin_module, monkeypatch):
 # ---- broken plugins ------------------------------------------------------------------------------------
 
 
-def test_a_plugin_that_fails_to_import_is_reported_and_skipped(plugin_module, caplog):
-    broken = plugin_module("broken_import_plugin", "import a_dependency_that_is_not_installed\n")
+def test_a_plugin_that_fails_to_import_is_reported_and_skipped(module_dir, caplog):
+    broken = module_dir("broken_import_plugin", "import a_dependency_that_is_not_installed\n")
     with caplog.at_level(logging.WARNING, logger="pegboard.plugins"):
         board = load_board(plugins=[broken])
     [failure] = board.failures
@@ -113,8 +94,8 @@ def test_a_plugin_that_fails_to_import_is_reported_and_skipped(plugin_module, ca
     assert "pegboard.plugins.llama" in board.plugin_names()  # everything else still loads
 
 
-def test_strict_mode_raises_on_a_plugin_that_fails_to_import(plugin_module, monkeypatch):
-    broken = plugin_module("strictly_broken_plugin", "raise ImportError('needs the foo extra')\n")
+def test_strict_mode_raises_on_a_plugin_that_fails_to_import(module_dir, monkeypatch):
+    broken = module_dir("strictly_broken_plugin", "raise ImportError('needs the foo extra')\n")
     with pytest.raises(PluginLoadError, match="'strictly_broken_plugin' failed to load: ImportError: needs the foo"):
         load_board(plugins=[broken], strict=True)
     monkeypatch.setenv("PEGBOARD_STRICT_PLUGINS", "1")

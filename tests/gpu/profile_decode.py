@@ -27,6 +27,17 @@ def llama8b_config_dir() -> str:
     return path
 
 
+def decode_steps(engine: LLMEngine, count: int) -> None:
+    """Run ``count`` decode steps straight through the scheduler and runner (no detokenizing or outputs)."""
+    runner = engine.executor.runner
+    for _ in range(count):
+        scheduled = engine.scheduler.schedule()
+        result = runner.execute(scheduled)
+        engine.scheduler.on_step_done(scheduled)
+        for rid, token in zip(result.request_ids, result.token_ids):
+            engine.requests[rid].append_token(token)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=256)
@@ -69,23 +80,13 @@ def main() -> None:
 
     profiler = cProfile.Profile()
     profiler.enable()
-    for _ in range(10):
-        scheduled = engine.scheduler.schedule()
-        result = runner.execute(scheduled)
-        engine.scheduler.on_step_done(scheduled)
-        for rid, token in zip(result.request_ids, result.token_ids):
-            engine.requests[rid].append_token(token)
+    decode_steps(engine, 10)
     profiler.disable()
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            scheduled = engine.scheduler.schedule()
-            result = runner.execute(scheduled)
-            engine.scheduler.on_step_done(scheduled)
-            for rid, token in zip(result.request_ids, result.token_ids):
-                engine.requests[rid].append_token(token)
+        decode_steps(engine, 5)
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18))
 
 

@@ -36,6 +36,12 @@ class StepStats:
     inter_token_latency: list[float] = field(default_factory=list)  # seconds since each other request's last token
 
 
+def _prompt_tokens(scheduled) -> int:
+    """Prompt tokens among a step's scheduled tokens (call before num_computed_tokens advances)."""
+    return sum(max(0, min(r.num_computed_tokens + n, r.num_prompt_tokens) - r.num_computed_tokens)
+               for r, n in zip(scheduled.requests, scheduled.num_new_tokens))
+
+
 def check_features(config: EngineConfig, board: Board) -> None:
     """Fail at start, naming the missing plugin, when a setting asks for a feature nothing provides."""
     from pegboard.core.errors import PluginError
@@ -200,8 +206,7 @@ class LLMEngine:
         if scheduled.is_empty:
             return []
         result = self.executor.execute(scheduled)
-        prompt_tokens = sum(max(0, min(r.num_computed_tokens + n, r.num_prompt_tokens) - r.num_computed_tokens)
-                            for r, n in zip(scheduled.requests, scheduled.num_new_tokens))
+        prompt_tokens = _prompt_tokens(scheduled) if self._observe_steps else 0
         self.scheduler.on_step_done(scheduled)
         now = time.monotonic()
         for request_id, rows in result.prompt_logprobs.items():

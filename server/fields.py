@@ -56,29 +56,26 @@ def get_number(body: dict[str, Any], name: str, default: float, *, lo: float = -
 
 def get_bool(body: dict[str, Any], name: str, default: bool) -> bool:
     """A boolean field."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise invalid(name, f"must be a boolean, got {_show(value)}")
-    return value
+    return _typed(body, name, default, bool, "a boolean")
 
 
 def get_str(body: dict[str, Any], name: str, default: str | None = None) -> str | None:
     """A string field."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise invalid(name, f"must be a string, got {_show(value)}")
-    return value
+    return _typed(body, name, default, str, "a string")
 
 
 def get_object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
     """A JSON object field."""
+    return _typed(body, name, None, dict, "an object")
+
+
+def _typed(body: dict[str, Any], name: str, default: Any, kind: type, what: str) -> Any:
+    """The field if it is a ``kind``, ``default`` when absent or null, else a 400 naming it."""
     value = body.get(name)
-    if value is not None and not isinstance(value, dict):
-        raise invalid(name, f"must be an object, got {_show(value)}")
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise invalid(name, f"must be {what}, got {_show(value)}")
     return value
 
 

@@ -42,6 +42,8 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
     "pipeline_parallel_size": dict(type=int, help="pipeline stages (needs a multi-process executor)"),
     "enable_prefix_caching": dict(action="store_true", help="reuse the KV cache of shared prompt prefixes"),
     "enforce_eager": dict(action="store_true", help="never capture CUDA graphs"),
+    "async_scheduling": dict(action=argparse.BooleanOptionalAction,
+                             help="schedule the next step while the device runs this one (default: on for CUDA)"),
     "trust_remote_code": dict(action="store_true", help="allow model code from the hub"),
     "skip_tokenizer_init": dict(action="store_true", help="load no tokenizer (prompts must be token ids)"),
 }

@@ -37,6 +37,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     enforce_eager: bool = False
+    async_scheduling: bool | None = None  # overlap the host's step work with the device; None: on for CUDA
     revision: str | None = None
     trust_remote_code: bool = False
     skip_tokenizer_init: bool = False

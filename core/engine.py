@@ -13,9 +13,9 @@ from pegboard.core.model_files import pick_loader, resolve_model
 from pegboard.core.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from pegboard.core.plugins import Board, load_board
 from pegboard.core.request import Request, RequestStatus
-from pegboard.core.runner_output import TokenLogprobs
+from pegboard.core.runner_output import LaunchedStep, TokenLogprobs
 from pegboard.core.sampling_params import SamplingParams
-from pegboard.core.scheduler import Scheduler
+from pegboard.core.scheduler import Scheduler, SchedulerOutput
 
 logger = logging.getLogger("pegboard.engine")
 
@@ -72,16 +72,26 @@ def check_features(config: EngineConfig, board: Board) -> None:
 class _Group:
     """A user request: its prompt and its n sequences (each a scheduler Request)."""
 
-    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int]) -> None:
+    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
+                 final_output_only: bool) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
+        self.final_output_only = final_output_only
+        # penalties count the tokens so far and prompt logprobs resume where they stopped: both read the
+        # host's copy of the sequence, so the previous step must be collected before the next is launched
+        self.needs_host_history = (params.prompt_logprobs is not None or params.repetition_penalty != 1.0
+                                   or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)
         self.children: list[Request] = []
         self.detokenizers: list[IncrementalDetokenizer] = []
 
     @property
     def finished(self) -> bool:
         return all(child.is_finished for child in self.children)
+
+    @property
+    def wants_output(self) -> bool:
+        return not self.final_output_only or self.finished
 
 
 class LLMEngine:
@@ -108,12 +118,26 @@ class LLMEngine:
         self.eos_token_id = self._eos_token_id()
         self.groups: dict[str, _Group] = {}
         self.requests: dict[str, Request] = {}
+        self._overlap = self._async_scheduling()
+        self._in_flight: tuple | None = None  # (scheduled, sampled requests, LaunchedStep, prompt tokens)
+        self._num_host_history_requests = 0  # live groups that need each step collected before the next
         self._observe_steps = self.board.has_observers("on_step_end")
         self._observe_finished = self.board.has_observers("on_request_finished")
         self.startup_seconds = time.perf_counter() - started
         logger.info("engine ready in %.1f s: %s, max_model_len=%d", self.startup_seconds, self.files.name,
                     self.max_model_len)
         self.board.pm.hook.on_engine_start(engine=self)
+
+    def _async_scheduling(self) -> bool:
+        """Overlap each step's host work with the device's: on by default where the device queues work."""
+        wanted = self.config.async_scheduling
+        if wanted is False or not hasattr(self.executor, "launch"):
+            return False
+        if getattr(self.executor, "needs_host_history", False):
+            if wanted:
+                logger.warning("async scheduling is off: the loaded logits processors read every step's tokens")
+            return False
+        return bool(wanted) or bool(getattr(self.executor, "queues_work", False))
 
     def _max_model_len(self) -> int:
         limit = getattr(self.hf_config, "max_position_embeddings", None) or 2048
@@ -144,8 +168,10 @@ class LLMEngine:
         return self.tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None,
-                    *, add_special_tokens: bool = True, arrival_time: float | None = None) -> None:
-        """Validate and queue a request (a string prompt is tokenized, token ids are used as they are)."""
+                    *, add_special_tokens: bool = True, arrival_time: float | None = None,
+                    final_output_only: bool = False) -> None:
+        """Validate and queue a request (a string prompt is tokenized, token ids are used as they are);
+        with ``final_output_only`` steps return its output only once it has finished."""
         params = params or SamplingParams()
         if request_id in self.groups:
             raise InvalidParameterError(f"request id {request_id!r} is already in use", param="request_id")
@@ -157,7 +183,7 @@ class LLMEngine:
         max_tokens = self.max_model_len - len(ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
-        group = _Group(request_id, text, ids)
+        group = _Group(request_id, text, ids, params, final_output_only)
         for index in range(params.n):
             child_params = params
             if params.n > 1 and params.seed is not None:
@@ -170,6 +196,7 @@ class LLMEngine:
                 self.tokenizer, ids, params.skip_special_tokens, params.stop, params.include_stop_str_in_output))
             self.requests[child_id] = child
         self.groups[request_id] = group
+        self._num_host_history_requests += group.needs_host_history
         for child in group.children:
             self.scheduler.add_request(child)
 
@@ -189,38 +216,67 @@ class LLMEngine:
         group = self.groups.pop(request_id, None)
         if group is None:
             return
+        self._num_host_history_requests -= group.needs_host_history
         for child in group.children:
             self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
             self.requests.pop(child.request_id, None)
         self.executor.free([child.request_id for child in group.children])
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
 
     # ---- one step ----------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, and return outputs of the requests that got new tokens."""
+        """Schedule and launch one model step; return outputs of the requests that got new tokens.
+
+        With async scheduling the tokens of a step arrive one call later: each call launches a step, then
+        collects the one launched before it while the device computes the new one. A request whose next
+        step needs its last token on the host (penalties, prompt logprobs) makes the call collect first.
+        """
         started = time.perf_counter()
+        outputs: list[RequestOutput] = []
+        if self._in_flight is not None and self._num_host_history_requests:
+            outputs = self._collect(*self._in_flight, started)
+            self._in_flight = None
         scheduled = self.scheduler.schedule()
-        if scheduled.is_empty:
-            return []
-        result = self.executor.execute(scheduled)
-        prompt_tokens = _prompt_tokens(scheduled) if self._observe_steps else 0
-        self.scheduler.on_step_done(scheduled)
+        launched = None
+        if not scheduled.is_empty:
+            prompt_tokens = _prompt_tokens(scheduled) if self._observe_steps else 0
+            sampled = [r for r, n in zip(scheduled.requests, scheduled.num_new_tokens)
+                       if r.num_computed_tokens + n == r.num_scheduled_tokens]
+            launched = (scheduled, sampled, self._launch(scheduled), prompt_tokens)
+            self.scheduler.on_step_launched(scheduled)
+        if self._in_flight is not None:
+            outputs += self._collect(*self._in_flight, started)
+            self._in_flight = None
+        if launched is not None:
+            if self._overlap:
+                self._in_flight = launched
+            else:
+                outputs += self._collect(*launched, started)
+        return outputs
+
+    def _collect(self, scheduled: SchedulerOutput, sampled: list[Request], launched: LaunchedStep,
+                 prompt_tokens: int, started: float) -> list[RequestOutput]:
+        """Wait for a launched step's tokens and apply them: stops, detokenizing, outputs, observers."""
+        result = launched.result()
         now = time.monotonic()
         for request_id, rows in result.prompt_logprobs.items():
-            request = self.requests[request_id]
-            request.prompt_logprobs.extend(self._logprob_dicts(row, request.sampling_params.prompt_logprobs)
-                                           for row in rows)
+            request = self.requests.get(request_id)
+            if request is not None:
+                request.prompt_logprobs.extend(self._logprob_dicts(row, request.sampling_params.prompt_logprobs)
+                                               for row in rows)
         touched: dict[str, _Group] = {}
         ttft: list[float] = []
         itl: list[float] = []
-        logprobs = result.logprobs or [None] * len(result.request_ids)
-        for request_id, token_id, row in zip(result.request_ids, result.token_ids, logprobs):
-            request = self.requests[request_id]
+        logprobs = result.logprobs or [None] * len(sampled)
+        for request, token_id, row in zip(sampled, result.token_ids, logprobs):
+            if request.is_finished:  # stopped or aborted while this step ran: its token is discarded
+                continue
             group = self.groups[request.parent_id]
             request.append_token(token_id)
+            self.block_manager.on_tokens_computed(request)
             metrics = request.metrics
             if metrics.first_token_time is None:
                 metrics.first_token_time = now
@@ -240,16 +296,23 @@ class LLMEngine:
                 self.scheduler.finish(request, status)
                 request.metrics.finished_time = now
             touched[group.request_id] = group
-        outputs = [self._output(group) for group in touched.values()]
+        outputs = [self._output(group) for group in touched.values() if group.wants_output]
         self._retire_finished(outputs)
         if self._observe_steps:
             self.board.pm.hook.on_step_end(engine=self, stats=StepStats(
                 step_time=time.perf_counter() - started, num_running=self.scheduler.num_running,
                 num_waiting=self.scheduler.num_waiting, kv_cache_usage=self.block_manager.usage,
-                num_prompt_tokens=prompt_tokens, num_generation_tokens=len(result.request_ids),
+                num_prompt_tokens=prompt_tokens, num_generation_tokens=len(sampled),
                 num_preempted=scheduled.num_preempted, num_batched_tokens=scheduled.num_batched_tokens,
                 time_to_first_token=ttft, inter_token_latency=itl))
         return outputs
+
+    def _launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
+        launch = getattr(self.executor, "launch", None)
+        if launch is not None:
+            return launch(scheduled)
+        result = self.executor.execute(scheduled)  # an executor without launch(): a finished step
+        return LaunchedStep(lambda: result)
 
     def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
         params = request.sampling_params
@@ -291,6 +354,7 @@ class LLMEngine:
             if not output.finished:
                 continue
             group = self.groups.pop(output.request_id)
+            self._num_host_history_requests -= group.needs_host_history
             for child in group.children:
                 self.requests.pop(child.request_id, None)
             self.executor.free([child.request_id for child in group.children])

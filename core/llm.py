@@ -68,7 +68,7 @@ class LLM:
         ids = [str(next(self._ids)) for _ in prompts]
         try:
             for request_id, (prompt, add_special), p in zip(ids, prompts, params):
-                engine.add_request(request_id, prompt, p, add_special_tokens=add_special)
+                engine.add_request(request_id, prompt, p, add_special_tokens=add_special, final_output_only=True)
         except Exception:
             for request_id in ids:
                 engine.abort_request(request_id)

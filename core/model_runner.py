@@ -17,7 +17,7 @@ from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
 from pegboard.core.profile_run import activation_peak
 from pegboard.core.request import Request
-from pegboard.core.runner_output import RunnerOutput, TokenLogprobs
+from pegboard.core.runner_output import LaunchedStep, RunnerOutput, TokenLogprobs
 from pegboard.core.scheduler import SchedulerOutput
 from pegboard.core.staging import HostStaging
 
@@ -107,6 +107,8 @@ class ModelRunner:
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_batch=config.max_num_seqs,
                                               max_blocks=-(-max_model_len // self.block_size), device=self.device)
             self.decode_graphs.capture()
+        self._previous_samples = torch.zeros(0, dtype=torch.long, device=self.device)  # the last step's tokens
+        self._previous_sample_rows: dict[Request, int] = {}  # request -> its row in _previous_samples
         self._staging = HostStaging(self.device, torch.long)
         self._staging32 = HostStaging(self.device, torch.int32)
         self.logits_processors = [factory(vocab_size=self.vocab_size, device=self.device, config=config)
@@ -160,14 +162,24 @@ class ModelRunner:
                     spec.num_blocks * self.block_size / self.max_model_len)
         return spec
 
-    @torch.inference_mode()
     def execute(self, scheduled: SchedulerOutput) -> RunnerOutput:
-        """Run the model over the step's flat batch, sample, and bring the results to the host once."""
+        """Run one step and wait for its tokens."""
+        return self.launch(scheduled).result()
+
+    @torch.inference_mode()
+    def launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
+        """Queue the step's forward pass and sampling on the device; its tokens travel to the host meanwhile.
+
+        A request whose previous token is still pending (sampled by the step launched just before this one)
+        takes that token as its input straight from the device.
+        """
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_lens, context_lens, tables = [], [], []
+        pending_at: list[int] = []  # input positions whose token the previous step is sampling
+        pending_rows: list[int] = []  # ... and its row among that step's samples
         sample_rows: list[int] = []
         sample_requests: list[Request] = []
         prompt_rows: list[int] = []
@@ -177,13 +189,18 @@ class ModelRunner:
             start = request.num_computed_tokens
             offset = len(input_ids)
             table = request.block_table
-            input_ids.extend(request.all_token_ids[start:start + n])
+            known = request.all_token_ids[start:start + n]
+            input_ids.extend(known)
+            if len(known) < n:
+                pending_at.append(len(input_ids))
+                pending_rows.append(self._previous_sample_rows[request])
+                input_ids.append(0)
             positions.extend(range(start, start + n))
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             query_lens.append(n)
             context_lens.append(start + n)
             tables.append(table)
-            if start + n == request.num_tokens:
+            if start + n == request.num_scheduled_tokens:
                 sample_rows.append(offset + n - 1)
                 sample_requests.append(request)
             if request.prompt_logprobs is not None:
@@ -196,10 +213,12 @@ class ModelRunner:
 
         if (self.decode_graphs is not None and max(query_lens) == 1 and not prompt_rows
                 and self.decode_graphs.fits(len(query_lens), max(map(len, tables)))):
-            return self._sample(self._replay_decode(input_ids, positions, slots, context_lens, tables),
-                                sample_requests, [], [])
-        ids_t, positions_t, slots_t, rows_t = self._staging.upload(
-            input_ids, positions, slots, sample_rows + prompt_rows)
+            logits = self._replay_decode(input_ids, positions, slots, context_lens, tables, pending_at, pending_rows)
+            return self._sample(logits, sample_requests, [], [])
+        ids_t, positions_t, slots_t, rows_t, pending_at_t, pending_rows_t = self._staging.upload(
+            input_ids, positions, slots, sample_rows + prompt_rows, pending_at, pending_rows)
+        if pending_at:
+            ids_t[pending_at_t] = self._previous_samples[pending_rows_t]
         layout = BatchLayout(query_lens=query_lens, context_lens=context_lens, block_tables=tables,
                              slot_mapping=slots_t, num_tokens=len(input_ids), max_query_len=max(query_lens),
                              max_context_len=max(context_lens))
@@ -209,36 +228,63 @@ class ModelRunner:
         return self._sample(logits, sample_requests, prompt_targets, prompt_spans)
 
     def _replay_decode(self, input_ids: list[int], positions: list[int], slots: list[int],
-                       context_lens: list[int], tables: list[list[int]]) -> torch.Tensor:
+                       context_lens: list[int], tables: list[list[int]], pending_at: list[int],
+                       pending_rows: list[int]) -> torch.Tensor:
         """Logits of a decode-only step from its captured CUDA graph."""
         width = max(map(len, tables))
-        ids_t, positions_t, slots_t = self._staging.upload(input_ids, positions, slots)
+        ids_t, positions_t, slots_t, pending_at_t, pending_rows_t = self._staging.upload(
+            input_ids, positions, slots, pending_at, pending_rows)
+        if pending_at:
+            ids_t[pending_at_t] = self._previous_samples[pending_rows_t]
         context_t, flat_tables = self._staging32.upload(
             context_lens, [b for t in tables for b in t + [0] * (width - len(t))])
         return self.decode_graphs.run(ids_t, positions_t, slots_t, context_t, flat_tables.view(len(tables), width))
 
     def _sample(self, logits: torch.Tensor, requests: list[Request], prompt_targets: list[int],
-                prompt_spans: list[tuple[Request, int]]) -> RunnerOutput:
+                prompt_spans: list[tuple[Request, int]]) -> LaunchedStep:
+        """Sample on the device, start copying the results to the host, and return the step's promise."""
         num_sampled = len(requests)
         sample_logits = logits[:num_sampled]
         for processor in self.logits_processors:
             sample_logits = processor(sample_logits, requests)
         out = self.sampler.sample(sample_logits, requests)
-        token_ids = out.token_ids.tolist()
-        logprobs = None
+        self._previous_samples = out.token_ids
+        self._previous_sample_rows = {request: row for row, request in enumerate(requests)}
+        device_results = [out.token_ids]
         if out.logprobs is not None:
-            logprobs = tuple(_zip_logprobs(out.logprob_token_ids.tolist(), out.logprobs.tolist(), out.ranks.tolist()))
-        prompt_logprobs: dict[str, list[TokenLogprobs]] = {}
+            device_results += [out.logprob_token_ids, out.logprobs, out.ranks]
         if prompt_spans:
             k = max(r.sampling_params.prompt_logprobs for r, _ in prompt_spans)
-            targets = torch.tensor(prompt_targets, dtype=torch.long, device=self.device)
+            targets = torch.tensor(prompt_targets, dtype=torch.long).to(self.device, non_blocking=True)
             lp, ids, ranks = top_logprobs(logits[num_sampled:], targets, k)
-            flat = _zip_logprobs(ids.tolist(), lp.tolist(), ranks.tolist())
-            start = 0
-            for request, count in prompt_spans:
-                prompt_logprobs[request.request_id] = flat[start:start + count]
-                start += count
-        return RunnerOutput(tuple(r.request_id for r in requests), tuple(token_ids), logprobs, prompt_logprobs)
+            device_results += [ids, lp, ranks]
+        host_results, wait = self._to_host(device_results)
+        request_ids = tuple(r.request_id for r in requests)
+
+        def build() -> RunnerOutput:
+            lists = [t.tolist() for t in host_results]
+            token_ids, rest = lists[0], lists[1:]
+            logprobs = None
+            if out.logprobs is not None:
+                logprobs, rest = tuple(_zip_logprobs(*rest[:3])), rest[3:]
+            prompt_logprobs: dict[str, list[TokenLogprobs]] = {}
+            if prompt_spans:
+                flat, start = _zip_logprobs(*rest), 0
+                for request, count in prompt_spans:
+                    prompt_logprobs[request.request_id] = flat[start:start + count]
+                    start += count
+            return RunnerOutput(request_ids, tuple(token_ids), logprobs, prompt_logprobs)
+
+        return LaunchedStep(build, wait)
+
+    def _to_host(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
+        """Copies on their way to (pinned) host memory, and what to call to wait for them."""
+        if self.device.type != "cuda":
+            return tensors, None
+        copies = [t.to("cpu", non_blocking=True) for t in tensors]
+        arrived = torch.cuda.Event()
+        arrived.record()
+        return copies, arrived.synchronize
 
     def free(self, request_ids: list[str]) -> None:
         """Forget per-request state (seeded generators) of finished requests."""

@@ -68,10 +68,11 @@ class PrefixCachingBlockManager(BlockManager):
         return num_cached
 
     def on_tokens_computed(self, request: Request) -> None:
-        """Hash the request's blocks that its computed (hence final) tokens have just filled."""
+        """Hash the request's blocks that its computed (hence final) tokens have just filled; a token still
+        in flight on the device is hashed once it arrives (the engine calls again then)."""
         bs = self.block_size
         table = request.block_table
-        end = request.num_computed_tokens // bs
+        end = min(request.num_computed_tokens, request.num_tokens) // bs
         start = end
         while start > 0 and self.block_hashes[table[start - 1]] is None:  # hashed blocks lead the table
             start -= 1

@@ -54,6 +54,7 @@ class Request:
         self.max_tokens = max_tokens
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
+        self.num_pending_tokens = 0  # sampled by a step still running on the device, not yet in all_token_ids
         self.block_table: list[int] = []
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache
         self.num_preemptions = 0
@@ -78,11 +79,23 @@ class Request:
         return len(self.output_token_ids)
 
     @property
+    def num_scheduled_tokens(self) -> int:
+        """Tokens the sequence will have once the pending ones arrive: what a step may compute up to."""
+        return len(self.all_token_ids) + self.num_pending_tokens
+
+    @property
+    def has_final_token_pending(self) -> bool:
+        """The step in flight samples this request's last allowed token: nothing more to compute."""
+        return self.num_pending_tokens > 0 and self.num_output_tokens + self.num_pending_tokens >= self.max_tokens
+
+    @property
     def is_finished(self) -> bool:
         return self.status.finished
 
     def append_token(self, token_id: int) -> None:
-        """Add one generated token."""
+        """Add one generated token (the arrival of a pending one, when a step was in flight)."""
+        if self.num_pending_tokens:
+            self.num_pending_tokens -= 1
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
 

@@ -67,10 +67,10 @@ class Scheduler:
         num_new: list[int] = []
         preempted = 0
 
-        queue = list(self.running)
+        queue = deque(r for r in self.running if not r.has_final_token_pending)
         while queue and budget > 0:
-            request = queue.pop(0)
-            tokens = min(request.num_tokens - request.num_computed_tokens, budget)
+            request = queue.popleft()
+            tokens = min(request.num_scheduled_tokens - request.num_computed_tokens, budget)
             while not self.block_manager.allocate_slots(request, tokens):
                 victim = queue.pop() if queue else request
                 self._preempt(victim)
@@ -86,6 +86,8 @@ class Scheduler:
             now = time.monotonic()
             while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
                 request = self.waiting[0]  # waiting requests hold no blocks
+                if request.num_pending_tokens:  # preempted while its last token was in flight: next step
+                    break
                 cached = self.block_manager.match_prefix(request)
                 request.num_computed_tokens = cached
                 tokens = min(request.num_tokens - cached, budget)
@@ -114,10 +116,13 @@ class Scheduler:
         self.num_preemptions_total += 1
         self.waiting.appendleft(request)
 
-    def on_step_done(self, output: SchedulerOutput) -> None:
-        """Advance every scheduled request by the tokens the step computed."""
+    def on_step_launched(self, output: SchedulerOutput) -> None:
+        """Advance every scheduled request by the tokens the step computes, as soon as the step is launched;
+        a request whose step reaches the end of its sequence gets a pending token (sampled, not yet here)."""
         for request, tokens in zip(output.requests, output.num_new_tokens):
             request.num_computed_tokens += tokens
+            if request.num_computed_tokens == request.num_scheduled_tokens:
+                request.num_pending_tokens += 1
             self.block_manager.on_tokens_computed(request)
 
     def finish(self, request: Request, status: RequestStatus) -> None:

@@ -50,7 +50,7 @@ class StepPlan:
             sp = request.sampling_params
             if sp.logprobs is not None:
                 self.num_logprobs = max(self.num_logprobs or 0, sp.logprobs)
-            if request.num_output_tokens < sp.min_tokens:
+            if request.num_output_tokens + request.num_pending_tokens < sp.min_tokens:  # counts before this one
                 eos = [] if request.eos_token_id is None or sp.ignore_eos else [request.eos_token_id]
                 tokens = [t for t in eos + sp.stop_token_ids if t < vocab_size]
                 self.banned[0].extend([row] * len(tokens))
@@ -262,5 +262,6 @@ class Sampler:
 
 
 def _to(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """One host list -> one device tensor, copied without waiting for the device."""
-    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+    """One host list -> one device tensor, copied from pinned memory without waiting for the device."""
+    pinned = device.type == "cuda"
+    return torch.tensor(values, dtype=dtype, pin_memory=pinned).to(device, non_blocking=True)

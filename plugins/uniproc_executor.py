@@ -6,7 +6,7 @@ from pegboard.core.hookspecs import hookimpl
 
 
 class UniprocExecutor:
-    """Runs the model in this process; a multi-process executor would keep the same three methods."""
+    """Runs the model in this process; a multi-process executor would keep the same methods."""
 
     def __init__(self, config, board, files, loader, hf_config, max_model_len: int) -> None:
         from pegboard.core.model_runner import ModelRunner
@@ -20,6 +20,20 @@ class UniprocExecutor:
     def execute(self, scheduled):
         """Run one step; returns a RunnerOutput."""
         return self.runner.execute(scheduled)
+
+    def launch(self, scheduled):
+        """Queue one step on the device; returns a LaunchedStep whose ``result()`` is the RunnerOutput."""
+        return self.runner.launch(scheduled)
+
+    @property
+    def queues_work(self) -> bool:
+        """Whether launched work runs on the device while the host goes on (CUDA; not the CPU)."""
+        return self.runner.device.type == "cuda"
+
+    @property
+    def needs_host_history(self) -> bool:
+        """Whether every step needs the previous step's tokens on the host (logits processors read them)."""
+        return bool(self.runner.logits_processors)
 
     def free(self, request_ids: list[str]) -> None:
         self.runner.free(request_ids)

@@ -168,7 +168,7 @@ def run_to_completion(scheduler: Scheduler, max_steps: int = 10_000) -> None:
             return
         out = scheduler.schedule()
         assert not out.is_empty, "scheduler stalled with unfinished requests"
-        scheduler.on_step_done(out)
+        scheduler.on_step_launched(out)
         for request in out.requests:
             if request.num_computed_tokens == request.num_tokens:
                 request.append_token(7)

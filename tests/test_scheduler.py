@@ -28,7 +28,7 @@ def run_to_completion(scheduler: Scheduler, max_steps: int = 10_000) -> list:
         for request, n in zip(out.requests, out.num_new_tokens):
             bm = scheduler.block_manager
             assert len(request.block_table) * bm.block_size >= request.num_computed_tokens + n
-        scheduler.on_step_done(out)
+        scheduler.on_step_launched(out)
         for request in out.requests:
             if request.num_computed_tokens == request.num_tokens:  # the chunk reached the end: sample
                 request.append_token(7)
@@ -57,7 +57,7 @@ def test_decodes_and_prefills_share_one_token_budget():
     scheduler.add_request(make_request("long", 25, 3))
     first = scheduler.schedule()
     assert first.num_new_tokens == (10,)  # chunked prefill: only the budget's worth
-    scheduler.on_step_done(first)
+    scheduler.on_step_launched(first)
     scheduler.add_request(make_request("short", 4, 3))
     second = scheduler.schedule()
     assert [r.request_id for r in second.requests] == ["long"]  # the running request takes the whole budget

@@ -33,7 +33,7 @@ def decode_steps(engine: LLMEngine, count: int) -> None:
     for _ in range(count):
         scheduled = engine.scheduler.schedule()
         result = runner.execute(scheduled)
-        engine.scheduler.on_step_done(scheduled)
+        engine.scheduler.on_step_launched(scheduled)
         for rid, token in zip(result.request_ids, result.token_ids):
             engine.requests[rid].append_token(token)
 
@@ -63,7 +63,7 @@ def main() -> None:
         t1 = time.perf_counter()
         result = runner.execute(scheduled)
         t2 = time.perf_counter()
-        engine.scheduler.on_step_done(scheduled)
+        engine.scheduler.on_step_launched(scheduled)
         for rid, token in zip(result.request_ids, result.token_ids):
             engine.requests[rid].append_token(token)
         t3 = time.perf_counter()

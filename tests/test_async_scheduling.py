@@ -1,0 +1,108 @@
+"""Async scheduling: the engine launches step k+1 before it collects step k's tokens. The tokens a request
+gets must be exactly those of the synchronous engine, whatever stops, preempts or aborts it meanwhile.
+
+On CUDA it is on by default; these tests force it on the CPU, where the code path is the same.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pegboard.core.config import EngineConfig
+from pegboard.core.engine import LLMEngine
+from pegboard.core.llm import LLM
+from pegboard.core.sampling_params import SamplingParams
+
+PROMPTS = ["Hello there", "The quick brown fox jumps over the lazy dog " * 2, "a", "Tell me a story about Pegboard",
+           "0123456789" * 4, "Why?", "x y z", "Once upon a time, in a land far away, there lived"]
+
+
+def mixed_params(host_history: bool) -> list[SamplingParams]:
+    """One of each kind of request: greedy, seeded sampling and filters, stops, logprobs, n=2; with
+    ``host_history`` also penalties and prompt logprobs (which make each step wait for the previous one)."""
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=20),
+        SamplingParams(temperature=0.0, max_tokens=30),  # may meet EOS (token 2) early
+        SamplingParams(temperature=1.0, top_k=5, seed=3, max_tokens=25, stop=["e", "z"]),
+        SamplingParams(temperature=0.0, max_tokens=16, logprobs=3),
+        SamplingParams(temperature=0.7, seed=11, n=2, max_tokens=10, min_tokens=4, stop_token_ids=[5, 6]),
+        SamplingParams(temperature=0.0, max_tokens=14),
+        SamplingParams(temperature=0.9, seed=5, max_tokens=1),
+    ]
+    if host_history:
+        params[4] = params[4].clone(prompt_logprobs=2)
+        params[6] = params[6].clone(repetition_penalty=1.3, frequency_penalty=0.5)
+    return params
+
+
+def summary(outputs) -> list:
+    return [[(c.token_ids, c.text, c.finish_reason, c.stop_reason, c.logprobs) for c in o.outputs]
+            + [o.prompt_logprobs] for o in outputs]
+
+
+def tiny_llm(model, async_scheduling: bool, **kwargs) -> LLM:
+    return LLM(model=str(model), load_format="dummy", device="cpu", async_scheduling=async_scheduling, **kwargs)
+
+
+@pytest.mark.parametrize("host_history", [False, True], ids=["overlapped", "with-penalties"])
+@pytest.mark.parametrize("limits", [
+    {},
+    {"num_kv_blocks": 32, "block_size": 4, "max_model_len": 128, "max_num_batched_tokens": 48},  # chunks, preemption
+], ids=["roomy", "tight"])
+def test_async_outputs_equal_synchronous_outputs(tiny_chat_model, limits, host_history):
+    sync = tiny_llm(tiny_chat_model, False, **limits)
+    expected = summary(sync.generate(PROMPTS, mixed_params(host_history), use_tqdm=False))
+    llm = tiny_llm(tiny_chat_model, True, **limits)
+    assert llm.engine._overlap
+    assert summary(llm.generate(PROMPTS, mixed_params(host_history), use_tqdm=False)) == expected
+    if limits:
+        assert llm.engine.scheduler.num_preemptions_total > 0
+    blocks = llm.engine.block_manager
+    assert blocks.num_free_blocks == blocks.num_blocks  # extra steps of stopped requests gave back their blocks
+
+
+def engine(model, **kwargs) -> LLMEngine:
+    return LLMEngine(EngineConfig(model=str(model), load_format="dummy", device="cpu", async_scheduling=True,
+                                  **kwargs))
+
+
+def test_a_step_returns_the_tokens_of_the_step_launched_before_it(tiny_chat_model):
+    eng = engine(tiny_chat_model)
+    eng.add_request("r", [10, 11, 12], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
+    assert eng.step() == []  # the prefill is launched; its token is still in flight
+    assert eng.has_unfinished_requests()
+    lengths = [len(o.outputs[0].token_ids) for _ in range(3) for o in eng.step()]
+    assert lengths == [1, 2, 3]
+    assert not eng.has_unfinished_requests()
+
+
+def test_a_request_aborted_while_its_step_runs_gets_no_more_tokens(tiny_chat_model):
+    eng = engine(tiny_chat_model)
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    eng.add_request("kept", [1, 2, 3, 4], params)
+    eng.add_request("dropped", [5, 6, 7], params)
+    eng.step()
+    eng.step()  # "dropped" now has a token in flight
+    eng.abort_request("dropped")
+    finished = {}
+    while eng.has_unfinished_requests():
+        for output in eng.step():
+            assert output.request_id == "kept"
+            finished[output.request_id] = output
+    assert len(finished["kept"].outputs[0].token_ids) == 8
+    assert eng.block_manager.num_free_blocks == eng.block_manager.num_blocks
+
+
+def test_penalties_make_each_step_wait_for_the_previous_tokens(tiny_chat_model):
+    eng = engine(tiny_chat_model)
+    eng.add_request("p", [1, 2, 3], SamplingParams(temperature=0.0, max_tokens=4, presence_penalty=1.0))
+    eng.step()
+    assert eng._in_flight is not None and eng._num_host_history_requests == 1
+    eng.step()  # collects the prefill's token before launching the next step
+    assert eng.requests["p"].num_output_tokens == 1
+
+
+def test_async_scheduling_is_off_by_default_on_the_cpu(tiny_chat_model):
+    eng = LLMEngine(EngineConfig(model=str(tiny_chat_model), load_format="dummy", device="cpu"))
+    assert not eng._overlap

@@ -60,7 +60,8 @@ def logging_to_stderr(level: str) -> Iterator[None]:
     """Send pegboard's log records at ``level`` and above to stderr while the command runs."""
     pegboard_logger = logging.getLogger("pegboard")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+                                           datefmt="%H:%M:%S"))
     previous_level = pegboard_logger.level
     pegboard_logger.addHandler(handler)
     pegboard_logger.setLevel(level.upper())

@@ -136,9 +136,12 @@ class ModelRunner:
         per_block = spec.bytes_per_block()
         most_useful = self.config.max_num_seqs * -(-self.max_model_len // self.block_size)
         if self.device.type == "cuda":  # also compiles the kernels before the first request
+            started = time.perf_counter()
             peak = activation_peak(self.model, make_backend, spec, self.sampler,
                                    max_num_batched_tokens=self.config.max_num_batched_tokens,
                                    max_num_seqs=self.config.max_num_seqs, max_model_len=self.max_model_len)
+            logger.info("profile run (largest prefill and decode batches, kernel compilation) in %.1f s",
+                        time.perf_counter() - started)
             free, total = torch.cuda.mem_get_info(self.device)
             weights = torch.cuda.memory_allocated(self.device)
             outside_torch = (total - free) - torch.cuda.memory_reserved(self.device)

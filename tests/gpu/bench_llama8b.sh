@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU throughput benchmarks (issue 4): a Llama-3.1-8B-shaped model with random weights, bf16, greedy,
-# ignore_eos. Usage: [BACKEND=pegboard] bash tests/gpu/bench_llama8b.sh [A] [B] [C]   (default: B, pegboard and HF)
+# ignore_eos. Usage: [BACKEND=pegboard] [DTYPE=float16] bash tests/gpu/bench_llama8b.sh [A] [B] [C]
+# (default: B, pegboard and HF). Writes ceilings.json and bench_W.json to $OUT (default /tmp) and ends with
+# tests/gpu/floor.py's table: each run's fraction of the floor.
 # Workloads (each with its own prompt seed): A 1000 x 1024 in / 128 out; B 256 x 512 / 128; C 1000 x 128 / 1024.
 set -euo pipefail
 out="${OUT:-/tmp}"
@@ -15,16 +17,20 @@ LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_
             tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
             architectures=["LlamaForCausalLM"]).save_pretrained(sys.argv[1])
 PY
-python3 tests/gpu/ceilings.py
-common=(--model "$cfg" --load-format dummy --skip-tokenizer-init --dtype bfloat16 --max-model-len 2304
+python3 tests/gpu/ceilings.py "$out/ceilings.json"
+common=(--model "$cfg" --load-format dummy --skip-tokenizer-init --dtype "${DTYPE:-bfloat16}" --max-model-len 2304
         --max-num-seqs 256 --max-num-batched-tokens 8192 --dataset random)
-for w in "${@:-B}"; do
+workloads=("${@:-B}")
+for w in "${workloads[@]}"; do
   case "$w" in
     A) args=(--num-prompts 1000 --input-len 1024 --output-len 128 --prompt-seed 1 --backend pegboard) ;;
     B) args=(--num-prompts 256 --input-len 512 --output-len 128 --prompt-seed 2 --backend "${BACKEND:-both}" --hf-batch-size 64) ;;
     C) args=(--num-prompts 1000 --input-len 128 --output-len 1024 --prompt-seed 3 --backend pegboard) ;;
     *) echo "unknown workload $w" >&2; exit 2 ;;
   esac
-  echo "== workload $w"
+  echo "== workload $w ($(date -u +%T.%3N) UTC, before the process starts)"
   python3 -m pegboard.core.cli bench throughput "${common[@]}" "${args[@]}" --output-json "$out/bench_$w.json"
 done
+reports=()
+for w in "${workloads[@]}"; do reports+=("$out/bench_$w.json"); done
+python3 tests/gpu/floor.py "$out/ceilings.json" "${reports[@]}"

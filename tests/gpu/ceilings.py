@@ -1,6 +1,13 @@
-"""Measure this GPU's two ceilings used by the throughput floor: bf16 GEMM TFLOP/s and memory bandwidth."""
+"""Measure this GPU's two ceilings used by the throughput floor: bf16 GEMM TFLOP/s and memory bandwidth.
+
+    python tests/gpu/ceilings.py [ceilings.json]
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import torch
 
@@ -30,6 +37,9 @@ def main() -> None:
     tbps = 2 * src.numel() / timed(lambda: dst.copy_(src)) / 1e12  # bytes read + written
     print(f"ceilings on {torch.cuda.get_device_name()}: bf16 GEMM {tflops:.0f} TFLOP/s (8192^3), "
           f"device copy {tbps:.2f} TB/s (read + write)", flush=True)
+    if len(sys.argv) > 1:  # where to keep them for floor.py
+        Path(sys.argv[1]).write_text(json.dumps({"device": torch.cuda.get_device_name(), "gemm_tflops": tflops,
+                                                 "copy_tbps": tbps}) + "\n")
 
 
 if __name__ == "__main__":

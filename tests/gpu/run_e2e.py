@@ -1,5 +1,6 @@
 """GPU end-to-end check (a script, run on the device): SmolLM2 greedy output through the triton backend
-equals the torch backend's and HF transformers' (fp32), and the two backends agree in bf16.
+equals the torch backend's and HF transformers' (fp32; with CUDA graphs and async scheduling, with chunked
+prefill and preemption, and eager and synchronous), and the two backends agree in bf16 and fp16.
 
     python tests/gpu/run_e2e.py --gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf
 
@@ -110,6 +111,7 @@ def main() -> int:
     torch32 = greedy_tokens(args.gguf, "torch", "float32", prompts)
     chunked = greedy_tokens(args.gguf, "triton", "float32", prompts, max_num_batched_tokens=64, num_kv_blocks=40,
                             max_model_len=512)
+    eager_sync = greedy_tokens(args.gguf, "triton", "float32", prompts, enforce_eager=True, async_scheduling=False)
     model = hf_model(args.gguf)
     reference = hf_tokens(model, prompts)
     for note in divergences(model, prompts, triton32, reference):
@@ -125,11 +127,14 @@ def main() -> int:
                      f"{same(torch32, reference)}/{len(prompts)}"))
     results.append(("fp32 triton, chunked prefill + preemption == HF", same(chunked, reference) == len(prompts),
                      f"{same(chunked, reference)}/{len(prompts)}"))
-    tri16 = greedy_tokens(args.gguf, "triton", "bfloat16", prompts)
-    tor16 = greedy_tokens(args.gguf, "torch", "bfloat16", prompts)
-    first = sum(a[0] == b[0] for a, b in zip(tri16, tor16))
-    results.append(("bf16 triton vs torch backend: first tokens agree", first == len(prompts),
-                    f"first token {first}/{len(prompts)}, whole outputs {same(tri16, tor16)}/{len(prompts)}"))
+    results.append(("fp32 triton, eager and synchronous == HF", same(eager_sync, reference) == len(prompts),
+                     f"{same(eager_sync, reference)}/{len(prompts)}"))
+    for dtype in ("bfloat16", "float16"):
+        tri16 = greedy_tokens(args.gguf, "triton", dtype, prompts)
+        tor16 = greedy_tokens(args.gguf, "torch", dtype, prompts)
+        first = sum(a[0] == b[0] for a, b in zip(tri16, tor16))
+        results.append((f"{dtype} triton vs torch backend: first tokens agree", first == len(prompts),
+                        f"first token {first}/{len(prompts)}, whole outputs {same(tri16, tor16)}/{len(prompts)}"))
     failed = 0
     for name, ok, detail in results:
         failed += not ok

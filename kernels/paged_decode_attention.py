@@ -23,7 +23,7 @@ MIN_TOKENS_PER_SPLIT = 256
 PROGRAMS_PER_SM = 4
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits", "stride_tb"])  # one compiled variant whatever the step's shapes
 def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, tables_ptr, context_lens_ptr,
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr,
@@ -70,7 +70,7 @@ def _decode_split_kernel(
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=head_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])  # one compiled variant whatever the step's shapes
 def _decode_merge_kernel(
     out_ptr, part_m_ptr, part_l_ptr, part_acc_ptr, num_splits, num_heads, stride_ob, stride_oh,
     HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,

@@ -22,7 +22,7 @@ from pegboard.kernels.reference import paged_prefill_attention_ref  # noqa: F401
 MAX_HEADS_PER_TILE = 8
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_tb"])  # one compiled variant whatever the step's shapes
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, query_start_ptr, context_lens_ptr, qk_scale,
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh, stride_tb,

@@ -19,8 +19,13 @@ logger = logging.getLogger("pegboard.cuda_graphs")
 
 
 def batch_buckets(max_batch: int) -> list[int]:
-    """Captured batch sizes: 1, 2, 4, 8, then every multiple of 8 (vLLM's spacing), up to max_batch."""
-    sizes = [n for n in (1, 2, 4) if n < max_batch] + list(range(8, max_batch + 1, 8))
+    """Captured batch sizes: 1, 2, 4, then multiples of 8 up to 64 and of 16 beyond, up to max_batch.
+
+    A step runs in the smallest bucket that holds it, so the spacing bounds the padding rows (at most
+    15 beyond 64, under 25%); each bucket costs about 0.1 s of start-up to capture.
+    """
+    sizes = [n for n in (1, 2, 4) if n < max_batch]
+    sizes += [n for n in range(8, max_batch + 1, 8) if n <= 64 or n % 16 == 0]
     if not sizes or sizes[-1] != max_batch:
         sizes.append(max_batch)
     return sizes

@@ -21,6 +21,7 @@ from pegboard.kernels.reference import paged_decode_attention_ref  # noqa: F401 
 MAX_SPLITS = 64
 MIN_TOKENS_PER_SPLIT = 256
 PROGRAMS_PER_SM = 4
+MERGE_BLOCK_S = 16  # the merge kernel's smallest split tile: one compiled variant for 2..16 splits
 
 
 @triton.jit(do_not_specialize=["num_splits", "stride_tb"])  # one compiled variant whatever the step's shapes
@@ -142,5 +143,5 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if not direct:
         _decode_merge_kernel[(batch, num_heads)](
             out, part_m, part_l, part_acc, num_splits, num_heads, out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_S=next_power_of_2(num_splits), num_warps=4)
+            HEAD_DIM=head_dim, BLOCK_S=max(MERGE_BLOCK_S, next_power_of_2(num_splits)), num_warps=4)
     return out

@@ -69,6 +69,16 @@ def check_features(config: EngineConfig, board: Board) -> None:
                               f"executors are: {', '.join(board.executors.names())}")
 
 
+@dataclass(frozen=True)
+class _StepInFlight:
+    """A step on the device whose tokens the engine has not applied yet."""
+
+    scheduled: SchedulerOutput
+    sampled: list[Request]  # the requests the step samples a token for, in the runner's row order
+    launched: LaunchedStep  # its tokens, on their way to the host
+    prompt_tokens: int  # for StepStats
+
+
 class _Group:
     """A user request: its prompt and its n sequences (each a scheduler Request)."""
 
@@ -119,7 +129,7 @@ class LLMEngine:
         self.groups: dict[str, _Group] = {}
         self.requests: dict[str, Request] = {}
         self._overlap = self._async_scheduling()
-        self._in_flight: tuple | None = None  # (scheduled, sampled requests, LaunchedStep, prompt tokens)
+        self._in_flight: _StepInFlight | None = None
         self._num_host_history_requests = 0  # live groups that need each step collected before the next
         self._observe_steps = self.board.has_observers("on_step_end")
         self._observe_finished = self.board.has_observers("on_request_finished")
@@ -237,7 +247,7 @@ class LLMEngine:
         started = time.perf_counter()
         outputs: list[RequestOutput] = []
         if self._in_flight is not None and self._num_host_history_requests:
-            outputs = self._collect(*self._in_flight, started)
+            outputs = self._collect(self._in_flight, started)
             self._in_flight = None
         scheduled = self.scheduler.schedule()
         launched = None
@@ -245,22 +255,21 @@ class LLMEngine:
             prompt_tokens = _prompt_tokens(scheduled) if self._observe_steps else 0
             sampled = [r for r, n in zip(scheduled.requests, scheduled.num_new_tokens)
                        if r.num_computed_tokens + n == r.num_scheduled_tokens]
-            launched = (scheduled, sampled, self._launch(scheduled), prompt_tokens)
+            launched = _StepInFlight(scheduled, sampled, self._launch(scheduled), prompt_tokens)
             self.scheduler.on_step_launched(scheduled)
         if self._in_flight is not None:
-            outputs += self._collect(*self._in_flight, started)
+            outputs += self._collect(self._in_flight, started)
             self._in_flight = None
         if launched is not None:
             if self._overlap:
                 self._in_flight = launched
             else:
-                outputs += self._collect(*launched, started)
+                outputs += self._collect(launched, started)
         return outputs
 
-    def _collect(self, scheduled: SchedulerOutput, sampled: list[Request], launched: LaunchedStep,
-                 prompt_tokens: int, started: float) -> list[RequestOutput]:
+    def _collect(self, step: _StepInFlight, started: float) -> list[RequestOutput]:
         """Wait for a launched step's tokens and apply them: stops, detokenizing, outputs, observers."""
-        result = launched.result()
+        result = step.launched.result()
         now = time.monotonic()
         for request_id, rows in result.prompt_logprobs.items():
             request = self.requests.get(request_id)
@@ -270,8 +279,8 @@ class LLMEngine:
         touched: dict[str, _Group] = {}
         ttft: list[float] = []
         itl: list[float] = []
-        logprobs = result.logprobs or [None] * len(sampled)
-        for request, token_id, row in zip(sampled, result.token_ids, logprobs):
+        logprobs = result.logprobs or [None] * len(step.sampled)
+        for request, token_id, row in zip(step.sampled, result.token_ids, logprobs):
             if request.is_finished:  # stopped or aborted while this step ran: its token is discarded
                 continue
             group = self.groups[request.parent_id]
@@ -302,8 +311,8 @@ class LLMEngine:
             self.board.pm.hook.on_step_end(engine=self, stats=StepStats(
                 step_time=time.perf_counter() - started, num_running=self.scheduler.num_running,
                 num_waiting=self.scheduler.num_waiting, kv_cache_usage=self.block_manager.usage,
-                num_prompt_tokens=prompt_tokens, num_generation_tokens=len(sampled),
-                num_preempted=scheduled.num_preempted, num_batched_tokens=scheduled.num_batched_tokens,
+                num_prompt_tokens=step.prompt_tokens, num_generation_tokens=len(ttft) + len(itl),
+                num_preempted=step.scheduled.num_preempted, num_batched_tokens=step.scheduled.num_batched_tokens,
                 time_to_first_token=ttft, inter_token_latency=itl))
         return outputs
 

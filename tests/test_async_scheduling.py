@@ -62,6 +62,25 @@ def test_async_outputs_equal_synchronous_outputs(tiny_chat_model, limits, host_h
     assert blocks.num_free_blocks == blocks.num_blocks  # extra steps of stopped requests gave back their blocks
 
 
+def test_async_prefix_caching_hashes_blocks_once_their_tokens_arrive(tiny_chat_model):
+    """A second turn (prompt + first answer + more) finds the first answer's blocks cached, as in sync mode."""
+    shared = "You are a helpful assistant. Answer briefly and precisely. "
+    prompts = [shared + q for q in ("Why is the sky blue?", "What is 2+2?", "Name a colour.", "Hi")]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    limits = {"enable_prefix_caching": True, "block_size": 4, "max_num_batched_tokens": 64}
+
+    def two_turns(async_scheduling: bool) -> tuple[list, list[int]]:
+        llm = tiny_llm(tiny_chat_model, async_scheduling, **limits)
+        first = llm.generate(prompts, params, use_tqdm=False)
+        follow_ups = [{"prompt_token_ids": o.prompt_token_ids + o.outputs[0].token_ids + [10, 11]} for o in first]
+        second = llm.generate(follow_ups, params, use_tqdm=False)
+        return summary(first) + summary(second), [o.num_cached_tokens for o in second]
+
+    outputs, cached = two_turns(True)
+    assert (outputs, cached) == two_turns(False)
+    assert all(n >= len(shared) + 40 - 4 for n in cached)  # the answers' blocks were reused
+
+
 def engine(model, **kwargs) -> LLMEngine:
     return LLMEngine(EngineConfig(model=str(model), load_format="dummy", device="cpu", async_scheduling=True,
                                   **kwargs))

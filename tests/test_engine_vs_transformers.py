@@ -7,6 +7,9 @@ are chunked. Logprobs and prompt logprobs match HF's within 1e-3.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,24 +19,7 @@ pytestmark = pytest.mark.slow
 
 MAX_TOKENS = 24
 LOGPROBS = 5
-_SENTENCES = [
-    "The capital of France is",
-    "Once upon a time, in a small village by the sea,",
-    "def fibonacci(n):",
-    "Water boils at",
-    "List three colours:",
-    "The quick brown fox jumps over the lazy dog. " * 6,
-    "Translate to French: I like apples.",
-    "Q: What is 12 times 12?\nA:",
-    "import numpy as np\n\n# compute the mean of an array\n",
-    "In 1969, the first humans",
-    "Photosynthesis is the process by which " + "plants use sunlight, water and carbon dioxide. " * 10,
-    "Hello",
-    "A haiku about autumn:\n",
-    "The three laws of motion are",
-    "Dear hiring manager, " + "I am writing to apply for the position. " * 20,
-    "SELECT name FROM users WHERE",
-]
+_SENTENCES = json.loads((Path(__file__).parent / "reference_prompts.json").read_text())  # mixed lengths
 
 
 @pytest.fixture(scope="module")

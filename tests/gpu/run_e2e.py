@@ -10,29 +10,14 @@ Prints one line per check and ends with 'N passed, M failed'.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time, in a small village by the sea,",
-    "def fibonacci(n):",
-    "Water boils at",
-    "List three colours:",
-    "The quick brown fox jumps over the lazy dog. " * 6,
-    "Translate to French: I like apples.",
-    "Q: What is 12 times 12?\nA:",
-    "import numpy as np\n\n# compute the mean of an array\n",
-    "In 1969, the first humans",
-    "Photosynthesis is the process by which " + "plants use sunlight, water and carbon dioxide. " * 10,
-    "Hello",
-    "A haiku about autumn:\n",
-    "The three laws of motion are",
-    "Dear hiring manager, " + "I am writing to apply for the position. " * 20,
-    "SELECT name FROM users WHERE",
-]
+PROMPTS = json.loads((Path(__file__).parents[1] / "reference_prompts.json").read_text())  # as the CPU tests
 MAX_TOKENS = 32
 
 

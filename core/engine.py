@@ -90,8 +90,7 @@ class _Group:
         self.final_output_only = final_output_only
         # penalties count the tokens so far and prompt logprobs resume where they stopped: both read the
         # host's copy of the sequence, so the previous step must be collected before the next is launched
-        self.needs_host_history = (params.prompt_logprobs is not None or params.repetition_penalty != 1.0
-                                   or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)
+        self.needs_host_history = params.prompt_logprobs is not None or any(params.penalties_used)
         self.children: list[Request] = []
         self.detokenizers: list[IncrementalDetokenizer] = []
 
@@ -253,8 +252,7 @@ class LLMEngine:
         launched = None
         if not scheduled.is_empty:
             prompt_tokens = _prompt_tokens(scheduled) if self._observe_steps else 0
-            sampled = [r for r, n in zip(scheduled.requests, scheduled.num_new_tokens)
-                       if r.num_computed_tokens + n == r.num_scheduled_tokens]
+            sampled = [r for r, n in zip(scheduled.requests, scheduled.num_new_tokens) if r.samples_after(n)]
             launched = _StepInFlight(scheduled, sampled, self._launch(scheduled), prompt_tokens)
             self.scheduler.on_step_launched(scheduled)
         if self._in_flight is not None:

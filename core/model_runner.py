@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -203,7 +203,7 @@ class ModelRunner:
             query_lens.append(n)
             context_lens.append(start + n)
             tables.append(table)
-            if start + n == request.num_scheduled_tokens:
+            if request.samples_after(n):
                 sample_rows.append(offset + n - 1)
                 sample_requests.append(request)
             if request.prompt_logprobs is not None:
@@ -220,8 +220,7 @@ class ModelRunner:
             return self._sample(logits, sample_requests, [], [])
         ids_t, positions_t, slots_t, rows_t, pending_at_t, pending_rows_t = self._staging.upload(
             input_ids, positions, slots, sample_rows + prompt_rows, pending_at, pending_rows)
-        if pending_at:
-            ids_t[pending_at_t] = self._previous_samples[pending_rows_t]
+        self._fill_pending_inputs(ids_t, pending_at_t, pending_rows_t)
         layout = BatchLayout(query_lens=query_lens, context_lens=context_lens, block_tables=tables,
                              slot_mapping=slots_t, num_tokens=len(input_ids), max_query_len=max(query_lens),
                              max_context_len=max(context_lens))
@@ -237,11 +236,15 @@ class ModelRunner:
         width = max(map(len, tables))
         ids_t, positions_t, slots_t, pending_at_t, pending_rows_t = self._staging.upload(
             input_ids, positions, slots, pending_at, pending_rows)
-        if pending_at:
-            ids_t[pending_at_t] = self._previous_samples[pending_rows_t]
+        self._fill_pending_inputs(ids_t, pending_at_t, pending_rows_t)
         context_t, flat_tables = self._staging32.upload(
             context_lens, [b for t in tables for b in t + [0] * (width - len(t))])
         return self.decode_graphs.run(ids_t, positions_t, slots_t, context_t, flat_tables.view(len(tables), width))
+
+    def _fill_pending_inputs(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> None:
+        """Put the previous step's samples (``rows`` of them) at ``positions`` of this step's input ids."""
+        if positions.numel():
+            ids[positions] = self._previous_samples[rows]
 
     def _sample(self, logits: torch.Tensor, requests: list[Request], prompt_targets: list[int],
                 prompt_spans: list[tuple[Request, int]]) -> LaunchedStep:
@@ -280,7 +283,7 @@ class ModelRunner:
 
         return LaunchedStep(build, wait)
 
-    def _to_host(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
+    def _to_host(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], Callable[[], None] | None]:
         """Copies on their way to (pinned) host memory, and what to call to wait for them."""
         if self.device.type != "cuda":
             return tensors, None

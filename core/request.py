@@ -83,6 +83,10 @@ class Request:
         """Tokens the sequence will have once the pending ones arrive: what a step may compute up to."""
         return len(self.all_token_ids) + self.num_pending_tokens
 
+    def samples_after(self, num_new_tokens: int) -> bool:
+        """Whether a step computing ``num_new_tokens`` more tokens reaches the sequence's end, and so samples."""
+        return self.num_computed_tokens + num_new_tokens == self.num_scheduled_tokens
+
     @property
     def has_final_token_pending(self) -> bool:
         """The step in flight samples this request's last allowed token: nothing more to compute."""

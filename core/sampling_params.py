@@ -83,6 +83,11 @@ class SamplingParams:
         """True when the request always takes the most likely token."""
         return self.temperature < 1e-5 or self.top_k == 1
 
+    @property
+    def penalties_used(self) -> tuple[bool, bool, bool]:
+        """Whether the repetition, presence and frequency penalties each change anything."""
+        return self.repetition_penalty != 1.0, self.presence_penalty != 0.0, self.frequency_penalty != 0.0
+
     def clone(self, **changes) -> "SamplingParams":
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)

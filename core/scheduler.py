@@ -120,8 +120,9 @@ class Scheduler:
         """Advance every scheduled request by the tokens the step computes, as soon as the step is launched;
         a request whose step reaches the end of its sequence gets a pending token (sampled, not yet here)."""
         for request, tokens in zip(output.requests, output.num_new_tokens):
+            samples = request.samples_after(tokens)
             request.num_computed_tokens += tokens
-            if request.num_computed_tokens == request.num_scheduled_tokens:
+            if samples:
                 request.num_pending_tokens += 1
             self.block_manager.on_tokens_computed(request)
 

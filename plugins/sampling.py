@@ -60,7 +60,7 @@ class StepPlan:
                     self.bias[0].append(row)
                     self.bias[1].append(token)
                     self.bias[2].append(bias)
-            used = (sp.repetition_penalty != 1.0, sp.presence_penalty != 0.0, sp.frequency_penalty != 0.0)
+            used = sp.penalties_used
             if any(used):
                 self.penalized_rows.append(row)
                 self.penalized.append(request)

@@ -22,7 +22,7 @@ logger = logging.getLogger("pegboard.cli")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # name -> module with add_arguments / main
-BENCHMARKS = {"throughput": "pegboard.core.bench_throughput", "serve": "pegboard.core.bench_serve"}
+BENCHMARKS = {"throughput": "pegboard.plugins.bench.throughput", "serve": "pegboard.plugins.bench.serve"}
 
 Command = Callable[[argparse.Namespace, Board], int]
 

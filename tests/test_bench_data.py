@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pegboard.core.bench_data import mixed_requests, ordinary_token_ids, random_requests, tokenizer_special_ids
+from pegboard.plugins.bench.data import mixed_requests, ordinary_token_ids, random_requests, tokenizer_special_ids
 
 SPECIAL = {0, 1, 2, 7}
 VOCAB = ordinary_token_ids(50, SPECIAL)

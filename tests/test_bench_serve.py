@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from pegboard.core.bench_data import BenchRequest
-from pegboard.core.bench_serve import arrival_gaps, run_requests
-from pegboard.core.bench_serve_client import chunk_text, endpoint_url, request_body, send
-from pegboard.core.bench_serve_stats import RequestResult, distribution, summarize, tpot
+from pegboard.plugins.bench.data import BenchRequest
+from pegboard.plugins.bench.serve import arrival_gaps, run_requests
+from pegboard.plugins.bench.serve_client import chunk_text, endpoint_url, request_body, send
+from pegboard.plugins.bench.serve_stats import RequestResult, distribution, summarize, tpot
 from pegboard.core.cli import main
 
 # ---- the figures ---------------------------------------------------------------------------------------

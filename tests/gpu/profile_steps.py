@@ -14,10 +14,10 @@ from collections import defaultdict
 
 import torch
 
-from pegboard.core.bench_data import random_requests
 from pegboard.core.config import EngineConfig
 from pegboard.core.engine import LLMEngine
 from pegboard.core.sampling_params import SamplingParams
+from pegboard.plugins.bench.data import random_requests
 from profile_decode import llama8b_config_dir  # noqa: E402 (this folder is on sys.path)
 
 

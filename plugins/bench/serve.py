@@ -1,6 +1,6 @@
 """``pegboard bench serve``: stream requests at an OpenAI-compatible server and report latency and throughput.
 
-Prompts are random ordinary token ids (``core/bench_data.py``); every request is greedy with
+Prompts are random ordinary token ids (``plugins/bench/data.py``); every request is greedy with
 ``ignore_eos`` and a fixed ``max_tokens``, so output lengths do not depend on the model. Requests arrive
 all at once (``--request-rate inf``) or as a Poisson process, at most ``--max-concurrency`` at a time.
 """
@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from pegboard.core.bench_data import BenchRequest, mixed_requests, ordinary_token_ids, random_requests
-from pegboard.core.bench_serve_client import ENDPOINTS, endpoint_url, request_body, send
-from pegboard.core.bench_serve_stats import RequestResult, format_summary, summarize
+from pegboard.plugins.bench.data import BenchRequest, mixed_requests, ordinary_token_ids, random_requests
+from pegboard.plugins.bench.serve_client import ENDPOINTS, endpoint_url, request_body, send
+from pegboard.plugins.bench.serve_stats import RequestResult, format_summary, summarize
 
 DATASET_DEFAULTS = {"mixed": 64, "random": 1000}  # default --num-prompts per dataset
 
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_vocabulary(model: str, plugins: list[str]) -> tuple[list[int], Any]:
     """Ordinary (non-special) token ids of the model's vocabulary, and its tokenizer (None when it has none)."""
-    from pegboard.core.bench_data import tokenizer_special_ids
+    from pegboard.plugins.bench.data import tokenizer_special_ids
     from pegboard.core.model_files import pick_loader, resolve_model
     from pegboard.core.plugins import load_board
 

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from pegboard.core.bench_serve_stats import RequestResult
+from pegboard.plugins.bench.serve_stats import RequestResult
 
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 

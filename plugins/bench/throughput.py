@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pegboard.core.bench_data import (BenchRequest, mixed_requests, ordinary_token_ids, random_requests,
-                                      tokenizer_special_ids)
 from pegboard.core.config import DEFAULT_MODEL
+from pegboard.plugins.bench.data import (BenchRequest, mixed_requests, ordinary_token_ids, random_requests,
+                                         tokenizer_special_ids)
 
 BACKENDS = ("pegboard", "hf")
 DATASET_DEFAULTS = {"mixed": 64, "random": 1000}  # default --num-prompts per dataset
@@ -337,7 +337,7 @@ def device_name(device: Any) -> str:
 
 def git_state() -> dict[str, Any]:
     """The checkout's commit and whether it has uncommitted changes, when it is a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository (plugins/bench/ -> .)
 
     def git(*argv: str) -> str | None:
         try:

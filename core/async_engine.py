@@ -11,11 +11,11 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from pegboard.core.config import EngineConfig
 from pegboard.core.engine import LLMEngine
-from pegboard.core.errors import PegboardError
+from pegboard.core.errors import PegboardError, RequestFailedError
 from pegboard.core.outputs import RequestOutput
 from pegboard.core.plugins import Board
 from pegboard.core.sampling_params import SamplingParams
@@ -58,6 +58,7 @@ class AsyncLLMEngine:
         self._lock = threading.Lock()
         self._pending = 0  # requests sent but not yet finished
         self.dead_error: BaseException | None = None
+        self.on_dead: Callable[[BaseException], None] | None = None  # called in the engine thread if it dies
         self._thread = threading.Thread(target=self._run, name="pegboard-engine", daemon=True)
         self._thread.start()
 
@@ -127,10 +128,15 @@ class AsyncLLMEngine:
                     break
                 if engine.has_unfinished_requests():
                     for output in engine.step():
-                        self._deliver(output.request_id, output, output.finished)
-        except BaseException as exc:  # a bug or device error: fail every caller, never hang them
+                        if output.error is not None:  # its step failed; the engine serves the others on
+                            self._deliver(output.request_id, RequestFailedError(output.error), True)
+                        else:
+                            self._deliver(output.request_id, output, output.finished)
+        except BaseException as exc:  # a device error or a bug: fail every caller, never hang them
             logger.exception("engine loop failed")
             self.dead_error = exc
+            if self.on_dead is not None:
+                self.on_dead(exc)
             for request_id in list(self._streams):
                 self._deliver(request_id, EngineDeadError(f"engine loop failed: {exc!r}"), True)
             return

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 from pegboard.core.config import EngineConfig
 from pegboard.core.detokenizer import IncrementalDetokenizer
-from pegboard.core.errors import InvalidParameterError, PromptTooLongError
+from pegboard.core.errors import InvalidParameterError, PromptTooLongError, is_device_failure
 from pegboard.core.model_files import pick_loader, resolve_model
 from pegboard.core.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestOutput
 from pegboard.core.plugins import Board, load_board
 from pegboard.core.request import Request, RequestStatus
-from pegboard.core.runner_output import LaunchedStep, TokenLogprobs
+from pegboard.core.runner_output import LaunchedStep, RunnerOutput, TokenLogprobs
 from pegboard.core.sampling_params import SamplingParams
 from pegboard.core.scheduler import Scheduler, SchedulerOutput
 
@@ -132,6 +132,7 @@ class LLMEngine:
         self._num_host_history_requests = 0  # live groups that need each step collected before the next
         self._observe_steps = self.board.has_observers("on_step_end")
         self._observe_finished = self.board.has_observers("on_request_finished")
+        self._failed_observers: set[str] = set()
         self.startup_seconds = time.perf_counter() - started
         logger.info("engine ready in %.1f s: %s, max_model_len=%d", self.startup_seconds, self.files.name,
                     self.max_model_len)
@@ -253,8 +254,12 @@ class LLMEngine:
         if not scheduled.is_empty:
             prompt_tokens = _prompt_tokens(scheduled) if self._observe_steps else 0
             sampled = [r for r, n in zip(scheduled.requests, scheduled.num_new_tokens) if r.samples_after(n)]
-            launched = _StepInFlight(scheduled, sampled, self._launch(scheduled), prompt_tokens)
-            self.scheduler.on_step_launched(scheduled)
+            try:
+                launched = _StepInFlight(scheduled, sampled, self._launch(scheduled), prompt_tokens)
+            except Exception as exc:
+                outputs += self._fail_step(scheduled, exc)
+            else:
+                self.scheduler.on_step_launched(scheduled)
         if self._in_flight is not None:
             outputs += self._collect(self._in_flight, started)
             self._in_flight = None
@@ -266,8 +271,14 @@ class LLMEngine:
         return outputs
 
     def _collect(self, step: _StepInFlight, started: float) -> list[RequestOutput]:
-        """Wait for a launched step's tokens and apply them: stops, detokenizing, outputs, observers."""
-        result = step.launched.result()
+        """Wait for a launched step's tokens and apply them; a step that raises fails its own requests only."""
+        try:
+            return self._apply(step, step.launched.result(), started)
+        except Exception as exc:
+            return self._fail_step(step.scheduled, exc)
+
+    def _apply(self, step: _StepInFlight, result: RunnerOutput, started: float) -> list[RequestOutput]:
+        """Apply a step's tokens: stops, detokenizing, outputs, observers."""
         now = time.monotonic()
         for request_id, rows in result.prompt_logprobs.items():
             request = self.requests.get(request_id)
@@ -306,12 +317,34 @@ class LLMEngine:
         outputs = [self._output(group) for group in touched.values() if group.wants_output]
         self._retire_finished(outputs)
         if self._observe_steps:
-            self.board.pm.hook.on_step_end(engine=self, stats=StepStats(
+            self._observe("on_step_end", stats=StepStats(
                 step_time=time.perf_counter() - started, num_running=self.scheduler.num_running,
                 num_waiting=self.scheduler.num_waiting, kv_cache_usage=self.block_manager.usage,
                 num_prompt_tokens=step.prompt_tokens, num_generation_tokens=len(ttft) + len(itl),
                 num_preempted=step.scheduled.num_preempted, num_batched_tokens=step.scheduled.num_batched_tokens,
                 time_to_first_token=ttft, inter_token_latency=itl))
+        return outputs
+
+    def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
+        """End every request of a step that raised with an error output and free its blocks; the engine serves
+        on. A device failure (the device is unusable) is raised instead: nothing can be served any more."""
+        if is_device_failure(exc):
+            raise exc
+        groups = {r.parent_id: self.groups[r.parent_id] for r in scheduled.requests if r.parent_id in self.groups}
+        logger.error("a step of %d requests failed, ending them: %s: %s", len(groups), type(exc).__name__, exc)
+        logger.debug("traceback of the failed step", exc_info=exc)
+        message = f"the engine step computing this request failed ({type(exc).__name__})"
+        now = time.monotonic()
+        outputs = []
+        for group in groups.values():
+            for child in group.children:
+                if not child.is_finished:
+                    self.scheduler.finish(child, RequestStatus.FINISHED_ERROR)
+                    child.metrics.finished_time = now
+            output = self._output(group)
+            output.error = message
+            outputs.append(output)
+        self._retire_finished(outputs)
         return outputs
 
     def _launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
@@ -366,4 +399,14 @@ class LLMEngine:
                 self.requests.pop(child.request_id, None)
             self.executor.free([child.request_id for child in group.children])
             if self._observe_finished:
-                self.board.pm.hook.on_request_finished(output=output, engine=self)
+                self._observe("on_request_finished", output=output)
+
+    def _observe(self, hook: str, **kwargs: object) -> None:
+        """Call an observer hook; an observer that raises is logged (once per hook), never fatal to the step."""
+        try:
+            getattr(self.board.pm.hook, hook)(engine=self, **kwargs)
+        except Exception as exc:
+            if hook not in self._failed_observers:
+                self._failed_observers.add(hook)
+                logger.error("an %s observer raised %s: %s (logged once; the engine goes on)", hook,
+                             type(exc).__name__, exc, exc_info=exc)

@@ -36,3 +36,17 @@ class PluginError(PegboardError):
 
 class PluginLoadError(PluginError):
     """A plugin module failed to import or register (raised only in strict mode)."""
+
+
+class RequestFailedError(PegboardError):
+    """The engine step computing this request failed; the request ended, the engine serves on (HTTP 500)."""
+
+
+def is_device_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` leaves the device unusable (a CUDA error, a device-side assert): the engine must stop.
+
+    Out-of-memory is not one: the step's requests fail and the engine goes on.
+    """
+    if type(exc).__name__ == "AcceleratorError":  # torch >= 2.8 raises this for CUDA errors
+        return True
+    return isinstance(exc, RuntimeError) and "CUDA error" in str(exc) and "out of memory" not in str(exc)

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Logprob:
-    """The log-probability of one token, its rank in the distribution and its text."""
+    """The log-probability of one token, its rank in the distribution, its text and its exact bytes."""
 
     logprob: float
     rank: int | None = None
     decoded_token: str | None = None
+    token_bytes: bytes | None = None  # from the vocabulary: part of a UTF-8 character stays itself, not U+FFFD
 
 
 # One position's logprobs: token id -> Logprob (the chosen token plus the top-k).
@@ -27,7 +28,7 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: float | None = None
     logprobs: list[PositionLogprobs] | None = None
-    finish_reason: str | None = None  # "stop", "length", "abort" or None while running
+    finish_reason: str | None = None  # "stop", "length", "abort", "error" or None while running
     stop_reason: int | str | None = None  # the stop string or token id that ended it
 
     def finished(self) -> bool:
@@ -59,3 +60,4 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     num_cached_tokens: int = 0
     new_token_counts: list[int] = field(default_factory=list)  # tokens added per output this step
+    error: str | None = None  # set when a failed step ended the request (finish_reason "error")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from pegboard.core.errors import InvalidParameterError
@@ -41,7 +42,7 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if self.top_k == -1:
             self.top_k = 0
-        self.logit_bias = {int(k): float(v) for k, v in (self.logit_bias or {}).items()}
+        self.logit_bias = _token_biases(self.logit_bias or {})
         self._validate()
 
     def _validate(self) -> None:
@@ -50,17 +51,18 @@ class SamplingParams:
                 raise InvalidParameterError(f"{name} {message}", param=name)
 
         check(_is_int(self.n) and self.n >= 1, "n", f"must be an integer >= 1, got {self.n!r}")
-        check(_is_num(self.temperature) and self.temperature >= 0, "temperature",
-              f"must be >= 0, got {self.temperature!r}")
-        check(_is_num(self.top_p) and 0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p!r}")
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            check(_is_num(value), name, f"must be a finite number, got {value!r}")
+        check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature!r}")
+        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p!r}")
         check(_is_int(self.top_k) and self.top_k >= 0, "top_k",
               f"must be -1 (disabled) or a positive integer, got {self.top_k!r}")
-        check(_is_num(self.min_p) and 0 <= self.min_p <= 1, "min_p", f"must be in [0, 1], got {self.min_p!r}")
-        check(_is_num(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
-              f"must be > 0, got {self.repetition_penalty!r}")
+        check(0 <= self.min_p <= 1, "min_p", f"must be in [0, 1], got {self.min_p!r}")
+        check(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
-            check(_is_num(value) and -2 <= value <= 2, name, f"must be in [-2, 2], got {value!r}")
+            check(-2 <= value <= 2, name, f"must be in [-2, 2], got {value!r}")
         check(self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1), "max_tokens",
               f"must be an integer >= 1, got {self.max_tokens!r}")
         check(_is_int(self.min_tokens) and self.min_tokens >= 0, "min_tokens",
@@ -75,7 +77,7 @@ class SamplingParams:
         check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings")
         check(all(_is_int(t) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
               "must be non-negative integers")
-        check(all(-100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias",
+        check(all(_is_num(v) and -100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias",
               "values must be in [-100, 100]")
 
     @property
@@ -98,4 +100,19 @@ def _is_int(value: object) -> bool:
 
 
 def _is_num(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """A real number that is finite as a float (NaN, infinities and huge integers mean nothing to a sampler)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _token_biases(bias: dict) -> dict[int, float]:
+    """``{token id: bias}`` with integer ids (JSON gives string keys); a value that is not a number is refused."""
+    try:
+        return {int(k): float(v) for k, v in bias.items()}
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidParameterError("logit_bias must map token ids to numbers in [-100, 100]",
+                                    param="logit_bias") from None

@@ -13,6 +13,8 @@ from pegboard.plugins.sampling_ops import (NEG_INF, apply_min_p, apply_penalties
                                            exponential_race, race_noise_size)
 
 _SEED_MASK = 2**64 - 1  # torch generators take 64-bit seeds
+# Divisors must stay finite and non-zero in float32: temperatures and repetition penalties are clamped to this.
+_FP32_TINY, _FP32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38
 
 
 @dataclass
@@ -64,7 +66,8 @@ class StepPlan:
             if any(used):
                 self.penalized_rows.append(row)
                 self.penalized.append(request)
-                self.penalties.append((sp.repetition_penalty, sp.presence_penalty, sp.frequency_penalty))
+                repetition = min(max(sp.repetition_penalty, _FP32_TINY), _FP32_MAX)
+                self.penalties.append((repetition, sp.presence_penalty, sp.frequency_penalty))
                 self.penalties_used = [a or b for a, b in zip(self.penalties_used, used)]
             if not sp.greedy:
                 self._add_random(row, request, vocab_size)
@@ -73,7 +76,7 @@ class StepPlan:
         sp = request.sampling_params
         position = len(self.random_rows)
         self.random_rows.append(row)
-        self.temperature.append(sp.temperature)
+        self.temperature.append(min(sp.temperature, _FP32_MAX))
         self.log_min_p.append(math.log(sp.min_p) if sp.min_p > 0 else NEG_INF)
         self.uses_min_p |= sp.min_p > 0
         if sp.top_k or sp.top_p < 1.0:
@@ -160,7 +163,8 @@ class Sampler:
 
     def sample(self, logits: torch.Tensor, requests: list[Request]) -> SamplerOutput:
         """Choose each row's token; logprobs (when asked for) are of the logits as given."""
-        # logits: [N, V] float32, row i belongs to requests[i]
+        # logits: [N, V] (computed in float32), row i belongs to requests[i]
+        logits = logits.float()
         plan = StepPlan(requests, self.vocab_size)
         token_ids = self._choose(self._process(logits, plan), plan)  # [N]
         if plan.num_logprobs is None:
@@ -169,7 +173,7 @@ class Sampler:
 
     def processed_logits(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         """The logits after min_tokens bans, logit bias and penalties: what greedy rows take the argmax of."""
-        return self._process(logits, StepPlan(requests, self.vocab_size))
+        return self._process(logits.float(), StepPlan(requests, self.vocab_size))
 
     def free(self, request_ids: list[str]) -> None:
         """Forget finished requests' generators and token counts."""
@@ -216,6 +220,8 @@ class Sampler:
         rows = None if everyone else self._long(plan.random_rows)
         temperature = self._float(plan.temperature)[:, None]  # [R, 1]
         scaled = x / temperature if everyone else x[rows].div_(temperature)  # [R, V], our own copy
+        # a penalty or a small temperature may overflow: +inf stays the most likely, NaN (a broken model) never wins
+        scaled.nan_to_num_(nan=NEG_INF, posinf=_FP32_MAX, neginf=NEG_INF)
         if plan.uses_min_p:
             apply_min_p(scaled, self._float(plan.log_min_p))
         if plan.filtered:

@@ -51,7 +51,8 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
         sorted_logits.masked_fill_(positions >= top_k[:, None], NEG_INF)
         probs = sorted_logits.softmax(-1)  # renormalized over the top_k
         mass_before = probs.cumsum(-1) - probs  # [M, head] mass of the more likely tokens
-        nucleus = (mass_before < top_p[:, None]).sum(-1)  # [M] >= 1
+        # the most likely token always stays, also when top_p underflows to 0 or a row's mass is NaN
+        nucleus = (mass_before < top_p[:, None]).sum(-1).clamp_(min=1)  # [M]
         keep = torch.where(top_p < 1, torch.minimum(nucleus, top_k), top_k)
     threshold = sorted_logits.gather(-1, (keep - 1)[:, None])  # [M, 1]
     logits.masked_fill_(logits < threshold, NEG_INF)

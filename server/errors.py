@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pegboard.core.async_engine import EngineDeadError, EngineOverloadedError
-from pegboard.core.errors import InvalidParameterError, PegboardError, PromptTooLongError
+from pegboard.core.errors import InvalidParameterError, PegboardError, PromptTooLongError, RequestFailedError
 
 logger = logging.getLogger("pegboard.server")
 
@@ -58,6 +58,8 @@ def as_api_error(exc: BaseException) -> APIError:
         return APIError(503, str(exc), code="engine_overloaded", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     if isinstance(exc, EngineDeadError):
         return APIError(503, str(exc), code="engine_dead")
+    if isinstance(exc, RequestFailedError):
+        return APIError(500, str(exc), code="engine_step_failed")
     if isinstance(exc, PegboardError):
         return APIError(400, str(exc))
     logger.error("unexpected error while serving a request", exc_info=exc)

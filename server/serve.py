@@ -65,10 +65,24 @@ def main(args: argparse.Namespace, board: Any) -> int:
         server = GracefulServer(uvicorn.Config(
             app, host=args.host, port=args.port, log_level=args.log_level, ssl_keyfile=args.ssl_keyfile,
             ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=args.shutdown_timeout))
+        stop_when_dead(engine, server)
         server.run()
     finally:
         engine.shutdown()
+    if engine.dead_error is not None:  # non-zero, so that a supervisor (systemd, Kubernetes) restarts us
+        logger.error("exiting with status 1: the engine stopped after an unrecoverable error")
+        return 1
     return 0 if server.started else 1
+
+
+def stop_when_dead(engine: Any, server: Any) -> None:
+    """Shut the server down as soon as the engine dies (``/health`` answers 503 until it has stopped)."""
+    def stop(exc: BaseException) -> None:
+        server.should_exit = True
+
+    engine.on_dead = stop
+    if engine.dead_error is not None:  # it died before the callback was in place
+        stop(engine.dead_error)
 
 
 def read_chat_template(value: str | None) -> str | None:

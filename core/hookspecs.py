@@ -99,3 +99,8 @@ def on_request_finished(output: Any, engine: Any) -> None:
 @hookspec
 def register_routes(app: Any, engine: Any) -> None:
     """Add HTTP routes to the server's Starlette ``app`` (e.g. ``/metrics``); ``engine`` is the AsyncLLMEngine."""
+
+
+@hookspec
+def register_commands(register: Register) -> None:
+    """Register ``pegboard`` subcommands: ``register(name, add_arguments, run, help="...")`` (core/commands.py)."""

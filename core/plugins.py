@@ -9,11 +9,12 @@ import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
 from pegboard.core import hookspecs
+from pegboard.core.commands import AddArguments, Command, Run
 from pegboard.core.errors import PluginError, PluginLoadError
 
 logger = logging.getLogger("pegboard.plugins")
@@ -36,6 +37,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pegboard.plugins.prefix_caching_allocator",
     "pegboard.plugins.uniproc_executor",
     "pegboard.plugins.prometheus_metrics",
+    "pegboard.plugins.plugins_command",
+    "pegboard.plugins.generate_command",
+    "pegboard.plugins.serve_command",
+    "pegboard.plugins.bench",
 )
 
 # Registry family -> the discovery hook that fills it.
@@ -51,6 +56,7 @@ FAMILIES: dict[str, str] = {
     "proposers": "register_proposers",
     "block_allocators": "register_block_allocators",
     "executors": "register_executors",
+    "commands": "register_commands",
 }
 
 
@@ -73,6 +79,14 @@ class Registry:
             )
         self._items[name] = obj
         self.owners[name] = owner
+
+    def callback(self, owner: str) -> Callable[..., None]:
+        """The ``register(name, obj)`` function that one plugin's discovery hook receives."""
+
+        def register(name: str, obj: Any) -> None:
+            self.register(name, obj, owner=owner)
+
+        return register
 
     def remove_owner(self, owner: str) -> None:
         """Forget everything one plugin registered."""
@@ -101,6 +115,30 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class CommandRegistry(Registry):
+    """The ``pegboard`` subcommands: ``register(name, add_arguments, run, help=...)`` files a Command."""
+
+    def callback(self, owner: str) -> Callable[..., None]:
+        def register(name: str, add_arguments: AddArguments, run: Run, *, help: str = "") -> None:
+            self.register(name, Command(name, add_arguments, run, help), owner=owner)
+
+        return register
+
+    def register(self, name: str, obj: Any, *, owner: str = "?") -> None:
+        """Add a command; a name that is also the group of another command (``bench``, ``bench serve``) is an error."""
+        words = name.split()
+        for other in self._items:
+            shorter = min(len(words), len(other.split()))
+            if other != name and words[:shorter] == other.split()[:shorter]:
+                raise PluginError(f"plugin {owner!r} registered commands {name!r}, which clashes with {other!r} of "
+                                  f"plugin {self.owners[other]!r}: a command cannot also be a group of commands")
+        super().register(name, obj, owner=owner)
+
+
+# Families whose register() takes more than (name, obj).
+REGISTRY_TYPES: dict[str, type[Registry]] = {"commands": CommandRegistry}
 
 
 @dataclass
@@ -203,16 +241,12 @@ def load_board(
 
     _drop_plugins_with_unknown_hooks(pm, fail)
 
-    registries = {family: Registry(family) for family in FAMILIES}
+    registries = {family: REGISTRY_TYPES.get(family, Registry)(family) for family in FAMILIES}
     for family, hook_name in FAMILIES.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             owner = impl.plugin_name
-
-            def register(name: str, obj: Any, _registry: Registry = registries[family], _owner: str = owner) -> None:
-                _registry.register(name, obj, owner=_owner)
-
             try:
-                impl.function(register=register)
+                impl.function(register=registries[family].callback(owner))
             except Exception as exc:  # a failing or duplicate registration drops the whole plugin
                 pm.unregister(name=owner)
                 for registry in registries.values():

@@ -10,11 +10,12 @@ import sys
 
 import pytest
 
-from pegboard.core import cli
-from pegboard.core.cli import main
+from pegboard.core.cli import build_parser, main
 from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
 from pegboard.core.config import EngineConfig
-from pegboard.core.plugins import DEFAULT_PLUGINS
+from pegboard.core.hookspecs import hookimpl
+from pegboard.core.plugins import DEFAULT_PLUGINS, load_board
+from pegboard.plugins import bench
 
 
 CLI_PLUGIN = """
@@ -130,6 +131,18 @@ def test_plugin_flags_exist_before_parsing_and_reach_the_engine_config(tiny_chat
     assert "an option of the test plugin" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command, argv", [("generate", ["generate", "--prompt", "x"]), ("serve", ["serve"]),
+                                           ("bench throughput", ["bench", "throughput"])])
+def test_plugin_flags_reach_every_command_that_starts_an_engine(command, argv):
+    class Shouting:
+        @hookimpl
+        def add_cli_arguments(self, parser, command):
+            parser.add_argument("--shout", action="store_true", help=f"shout in 'pegboard {command}'")
+
+    args = build_parser(load_board([Shouting()])).parse_args([*argv, "--shout"])
+    assert args.command == command and engine_kwargs_from_args(args)["extra"] == {"shout": True}
+
+
 def test_a_plugin_whose_cli_hook_fails_is_skipped_with_a_warning(module_dir, capsys):
     plugin = module_dir("clashing_plugin", """
         from pegboard.core.hookspecs import hookimpl
@@ -160,7 +173,7 @@ def test_log_level_debug_shows_the_traceback(capsys):
 
 def test_bench_throughput_delegates_to_its_module(module_dir, monkeypatch):
     stub = module_dir("bench_stub", BENCH_STUB)
-    monkeypatch.setitem(cli.BENCHMARKS, "throughput", stub)
+    monkeypatch.setitem(bench.BENCHMARKS, "throughput", stub)
     rc = main(["bench", "throughput", "--model", "m", "--num-prompts", "3", "--dtype", "float32",
                "--enable-prefix-caching"])
     assert rc == 0
@@ -168,7 +181,7 @@ def test_bench_throughput_delegates_to_its_module(module_dir, monkeypatch):
 
 
 def test_a_missing_benchmark_module_breaks_only_bench(monkeypatch, capsys):
-    monkeypatch.setitem(cli.BENCHMARKS, "throughput", "no_such_benchmark_module")
+    monkeypatch.setitem(bench.BENCHMARKS, "throughput", "no_such_benchmark_module")
     assert main(["plugins"]) == 0
     assert main(["bench", "throughput"]) == 2
     assert "error: the throughput benchmark is unavailable: ModuleNotFoundError" in capsys.readouterr().err

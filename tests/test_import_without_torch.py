@@ -13,6 +13,8 @@ TORCH_FREE_MODULES = [
     "pegboard.core.outputs",
     "pegboard.core.plugins",
     "pegboard.core.model_files",
+    "pegboard.core.commands",
+    "pegboard.core.cli",
 ]
 
 

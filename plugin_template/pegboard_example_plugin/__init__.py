@@ -12,7 +12,7 @@ from pegboard.core.hookspecs import hookimpl
 
 NAME = "example_ban_tokens"
 OPTION = "ban_token_ids"  # EngineConfig.extra key, and the dest of --ban-token-id
-COMMANDS = ("generate", "bench throughput")  # the engine-starting commands that get the flag
+COMMANDS = ("generate", "serve", "bench throughput")  # the commands that start an engine get the flag
 
 
 def make_processor(*, vocab_size: int, device: Any, config: Any) -> Any:

@@ -45,6 +45,7 @@ def test_token_ids_outside_the_vocabulary_are_rejected(board):
         factory(vocab_size=8, device="cpu", config=EngineConfig(extra={"ban_token_ids": [8]}))
 
 
-def test_the_flag_reaches_the_engine_config(board):
-    args = build_parser(board).parse_args(["generate", "--prompt", "x", "--ban-token-id", "3", "--ban-token-id", "5"])
+@pytest.mark.parametrize("command", [["generate", "--prompt", "x"], ["serve"], ["bench", "throughput"]])
+def test_the_flag_reaches_the_engine_config_of_every_command_that_starts_an_engine(board, command):
+    args = build_parser(board).parse_args([*command, "--ban-token-id", "3", "--ban-token-id", "5"])
     assert engine_kwargs_from_args(args)["extra"] == {"ban_token_ids": [3, 5]}

@@ -17,6 +17,7 @@ from pegboard.core.async_engine import AsyncLLMEngine
 from pegboard.server.chat import create_chat_completion
 from pegboard.server.completions import create_completion
 from pegboard.server.errors import EXCEPTION_HANDLERS, APIError, error_response
+from pegboard.server.served_name import default_served_name
 from pegboard.server.state import ServerState, state_of
 from pegboard.server.tokenize import detokenize, tokenize
 
@@ -25,8 +26,9 @@ OPEN_PATHS = frozenset({"/health"})  # answered without the API key
 
 def build_app(engine: AsyncLLMEngine, served_model_names: tuple[str, ...] | None = None, *,
               api_key: str | None = None, chat_template: str | None = None) -> Starlette:
-    """The app serving ``engine`` under ``served_model_names`` (default: the model as given), plus plugin routes."""
-    names = tuple(served_model_names or (engine.engine.config.model,))
+    """The app serving ``engine`` under ``served_model_names`` (default: the model as given, a path's last part),
+    plus plugin routes."""
+    names = tuple(served_model_names or (default_served_name(engine.engine.config.model),))
     middleware = [Middleware(APIKeyMiddleware, api_key=api_key)] if api_key else []
     app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     app.state.pegboard = ServerState.of(engine, names, chat_template)
@@ -35,11 +37,11 @@ def build_app(engine: AsyncLLMEngine, served_model_names: tuple[str, ...] | None
 
 
 class APIKeyMiddleware:
-    """401 unless ``Authorization: Bearer <key>`` matches (``/health`` is open)."""
+    """401 unless ``Authorization: Bearer <key>`` matches, the scheme in any case (``/health`` is open)."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
@@ -50,8 +52,9 @@ class APIKeyMiddleware:
         await response(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        return hmac.compare_digest(given, self.expected)
+        scheme, _, credentials = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        # RFC 7235: the scheme is case-insensitive; the key is compared in constant time
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.lstrip(b" "), self.expected)
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -71,7 +74,7 @@ async def get_model(request: Request) -> JSONResponse:
 
 def _model_card(state: ServerState, name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": state.created, "owned_by": "pegboard",
-            "root": state.engine.engine.config.model, "parent": None, "max_model_len": state.model.max_model_len}
+            "root": state.model.names[0], "parent": None, "max_model_len": state.model.max_model_len}
 
 
 async def health(request: Request) -> Response:

@@ -1,7 +1,8 @@
 """``pegboard serve [MODEL]``: start the engine, serve the app on uvicorn, shut down gracefully on SIGTERM/SIGINT.
 
 On a signal the server stops accepting connections, lets in-flight requests finish for up to
-``--shutdown-timeout`` seconds, cancels (and so aborts) the rest, stops the engine and exits 0.
+``--shutdown-timeout`` seconds, then stops the engine, which ends the rest with an error (an error event and
+``[DONE]`` in a stream, 503 otherwise), and exits 0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
 from pegboard.core.config import DEFAULT_MODEL, EngineConfig
 from pegboard.core.errors import InvalidParameterError
+from pegboard.server.connection_flags import add_connection_arguments, connection_limits_from_args
+from pegboard.server.served_name import default_served_name
 
 logger = logging.getLogger("pegboard.server")
 
@@ -36,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-waiting-requests", type=int, default=1024,
                        help="requests allowed to wait beyond --max-num-seqs before answering 503 (default: 1024)")
     group.add_argument("--shutdown-timeout", type=float, default=30.0,
-                       help="seconds in-flight requests may run after SIGTERM/SIGINT before they are aborted "
-                            "(default: 30)")
+                       help="seconds in-flight requests may run after SIGTERM/SIGINT; then streams end with an "
+                            "error event and [DONE], other requests get 503 (default: 30)")
+    add_connection_arguments(group)
     group.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the model's)")
     group.add_argument("--ssl-keyfile", help="serve HTTPS with this private key")
     group.add_argument("--ssl-certfile", help="serve HTTPS with this certificate")
@@ -45,26 +49,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace, board: Any) -> int:
     """Load the model, serve until a signal, then stop; returns the exit status."""
-    import uvicorn
-
     from pegboard.core.async_engine import AsyncLLMEngine
     from pegboard.server.app import build_app
+    from pegboard.server.http_connections import ServerConfig
     from pegboard.server.uvicorn_server import GracefulServer
 
     for flag, value in (("--max-waiting-requests", args.max_waiting_requests),
                         ("--shutdown-timeout", args.shutdown_timeout), ("--port", args.port)):
         if value < 0:
             raise InvalidParameterError(f"{flag} must be >= 0, got {value}")
+    limits = connection_limits_from_args(args)
+    names = tuple(args.served_model_name or (default_served_name(args.model),))
     config = EngineConfig(model=args.model, **engine_kwargs_from_args(args))
-    if args.served_model_name:  # the metrics' model_name label
-        config.extra["served_model_name"] = args.served_model_name[0]
+    config.extra["served_model_name"] = names[0]  # the metrics' model_name label
     engine = AsyncLLMEngine.from_config(config, board, max_waiting_requests=args.max_waiting_requests)
     try:
-        app = build_app(engine, tuple(args.served_model_name or ()), api_key=args.api_key,
-                        chat_template=read_chat_template(args.chat_template))
-        server = GracefulServer(uvicorn.Config(
-            app, host=args.host, port=args.port, log_level=args.log_level, ssl_keyfile=args.ssl_keyfile,
-            ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=args.shutdown_timeout))
+        app = build_app(engine, names, api_key=args.api_key, chat_template=read_chat_template(args.chat_template))
+        server = GracefulServer(ServerConfig(
+            app, limits, host=args.host, port=args.port, log_level=args.log_level, ssl_keyfile=args.ssl_keyfile,
+            ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=args.shutdown_timeout),
+            end_requests=engine.shutdown)
         stop_when_dead(engine, server)
         server.run()
     finally:

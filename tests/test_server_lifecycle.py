@@ -25,6 +25,7 @@ from pegboard.core.config import EngineConfig
 from pegboard.core.hookspecs import hookimpl
 from pegboard.core.plugins import load_board
 from pegboard.server.app import build_app
+from pegboard.server.served_name import default_served_name
 from pegboard.server.uvicorn_server import serving_in_thread
 
 LONG = {"prompt": [1, 2, 3], "max_tokens": 250, "ignore_eos": True}
@@ -135,6 +136,39 @@ def test_an_api_key_guards_every_route_but_health(tiny_llama_dir):
         assert _healthy(url)
 
 
+@pytest.mark.parametrize("authorization, status", [
+    ("bearer sekrit", 200), ("BEARER sekrit", 200), ("bEaReR  sekrit", 200),  # RFC 7235: any case, 1*SP
+    ("Basic sekrit", 401), ("Bearer sekri", 401), ("Bearer sekrit2", 401), ("sekrit", 401), ("Bearer", 401),
+])
+def test_the_bearer_scheme_is_case_insensitive_and_the_key_must_match(tiny_llama_dir, authorization, status):
+    with tiny_server(tiny_llama_dir, api_key="sekrit") as (url, _):
+        assert connect(url, {"prompt": [1], "max_tokens": 1}, {"Authorization": authorization}).status == status
+
+
+def test_a_local_model_is_served_under_the_last_part_of_its_path(tmp_path):
+    (tmp_path / "SmolLM2-Q4_1.gguf").touch()
+    (tmp_path / "my-model").mkdir()
+    assert default_served_name(str(tmp_path / "SmolLM2-Q4_1.gguf")) == "SmolLM2-Q4_1"
+    assert default_served_name(f"{tmp_path}/my-model/") == "my-model"
+    assert default_served_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_models_are_listed_by_name_never_by_the_model_path(tiny_llama_dir):
+    config = EngineConfig(model=str(tiny_llama_dir), load_format="dummy", skip_tokenizer_init=True, device="cpu",
+                          num_kv_blocks=16)
+    engine = AsyncLLMEngine.from_config(config, load_board([]))
+    try:
+        with serving_in_thread(build_app(engine)) as url:  # no served names: the path's last part
+            parsed = urlparse(url)
+            connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+            connection.request("GET", "/v1/models")
+            listing = connection.getresponse().read().decode()
+    finally:
+        engine.shutdown()
+    assert [card["id"] for card in json.loads(listing)["data"]] == [tiny_llama_dir.name]
+    assert str(tiny_llama_dir.parent) not in listing
+
+
 def test_requests_beyond_the_waiting_limit_get_503_with_retry_after(tiny_llama_dir):
     with tiny_server(tiny_llama_dir, max_num_seqs=1, max_waiting_requests=0) as (url, engine):
         running = connect(url, {**LONG, "stream": True})
@@ -235,20 +269,66 @@ def on_step_end(stats):
 """
 
 
-def test_requests_still_running_after_the_shutdown_timeout_are_cut_and_the_exit_is_0(tiny_llama_dir, tmp_path):
+def test_requests_still_running_at_the_shutdown_timeout_end_with_an_error_and_the_exit_is_0(tiny_llama_dir, tmp_path):
     (tmp_path / "slow_steps.py").write_text(SLOW_STEPS)  # 250 tokens now take over 12 s
     with serve_process(tiny_llama_dir, "--plugin", "slow_steps", "--shutdown-timeout", "0.5",
                        pythonpath=str(tmp_path)) as (process, url):
-        response = connect(url, {**LONG, "stream": True})
-        response.readline()
+        stream = connect(url, {**LONG, "stream": True})
+        first = stream.readline()
+        whole = send_only(url, LONG)
+        wait_for(lambda: running_requests(url) == 2)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        try:
-            rest = response.read()
-        except http.client.IncompleteRead as cut:
-            rest = cut.partial
-        assert b"[DONE]" not in rest
+        events = [line for line in (first + stream.read()).splitlines() if line]
+        answer = whole.getresponse()
         assert process.wait(timeout=30) == 0 and time.monotonic() - started < 10
+        log = process.stdout.read().decode()
+    error = json.loads(events[-2].removeprefix(b"data: "))["error"]
+    assert events[-1] == b"data: [DONE]" and (error["type"], error["code"]) == ("server_error", "engine_dead")
+    assert answer.status == 503 and json.loads(answer.read())["error"]["code"] == "engine_dead"
+    assert "Traceback" not in log and "ERROR" not in log, log
+
+
+def test_serve_bounds_connections_as_its_flags_say(tiny_llama_dir):
+    flags = ("--header-read-timeout", "0.5", "--timeout-keep-alive", "0.5", "--limit-concurrency", "2")
+    with serve_process(tiny_llama_dir, *flags) as (process, url):
+        parsed = urlparse(url)
+        idle = socket.create_connection((parsed.hostname, parsed.port), timeout=5)  # under the defaults
+        served = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=5)
+        served.request("GET", "/v1/models")
+        response = served.getresponse()
+        assert response.status == 200 and response.read()  # two connections: within the cap
+        refused = socket.create_connection((parsed.hostname, parsed.port), timeout=5)
+        refused.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_until_closed(refused).startswith(b"HTTP/1.1 503")  # the third
+        assert _read_until_closed(idle) == b""  # closed at the header read timeout
+        assert _read_until_closed(served.sock) == b""  # closed at the keep-alive timeout
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def send_only(url: str, body: dict) -> http.client.HTTPConnection:
+    """POST /v1/completions without waiting for the answer (``getresponse()`` it later)."""
+    parsed = urlparse(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    connection.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    return connection
+
+
+def running_requests(url: str) -> float:
+    """The server's ``pegboard:num_requests_running`` gauge."""
+    parsed = urlparse(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=5)
+    connection.request("GET", "/metrics")
+    for line in connection.getresponse().read().decode().splitlines():
+        if line.startswith("pegboard:num_requests_running{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no pegboard:num_requests_running in /metrics")
 
 
 def _healthy(url: str) -> bool:

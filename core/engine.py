@@ -54,8 +54,6 @@ def check_features(config: EngineConfig, board: Board) -> None:
 
     if config.quantization:
         need(board.quantization_schemes, config.quantization, f"quantization={config.quantization!r}")
-        raise PluginError(f"quantization scheme {config.quantization!r} is registered, but the model runner does "
-                          "not build quantized linear layers yet")
     need(board.block_allocators, config.block_allocator, f"block_allocator={config.block_allocator!r}")
     need(board.executors, config.executor, f"executor={config.executor!r}")
     if config.speculative_model or config.num_speculative_tokens:

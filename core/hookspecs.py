@@ -38,7 +38,7 @@ def register_model_architectures(register: Register) -> None:
 
 @hookspec
 def register_quantization_schemes(register: Register) -> None:
-    """Register quantization schemes by name: ``register("fp8", scheme)``; a scheme builds linear layers."""
+    """Register quantization-scheme factories: ``register("int8", f)``; ``f(hf_config)`` -> QuantizationScheme."""
 
 
 @hookspec

@@ -12,6 +12,7 @@ import torch
 from pegboard.core.attention import AttentionContext, BatchLayout, KVCacheSpec
 from pegboard.core.config import EngineConfig
 from pegboard.core.cuda_graphs import DecodeGraphs
+from pegboard.core.layer_factory import LayerFactory, building_with
 from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
@@ -20,6 +21,7 @@ from pegboard.core.request import Request
 from pegboard.core.runner_output import LaunchedStep, RunnerOutput, TokenLogprobs
 from pegboard.core.scheduler import SchedulerOutput
 from pegboard.core.staging import HostStaging
+from pegboard.core.weight_loading import process_weights_after_loading
 
 logger = logging.getLogger("pegboard.runner")
 
@@ -81,11 +83,14 @@ class ModelRunner:
             raise UnsupportedModelError(f"architecture {architecture!r} is not supported by any loaded plugin "
                                         f"(supported: {supported})")
         factory = board.model_architectures.get(architecture)
+        scheme = board.quantization_schemes.get(config.quantization or "none")(hf_config)
+        layers = LayerFactory(scheme=scheme, dtype=self.dtype)
         started = time.perf_counter()
-        with _empty_parameters(self.dtype), torch.device(self.device):
+        with _empty_parameters(self.dtype), torch.device(self.device), building_with(layers):
             self.model = factory(hf_config, max_positions=max_model_len)
         with torch.no_grad():
             loader.load_weights(self.model, files, hf_config)
+            process_weights_after_loading(self.model)
         self.model.eval()
         logger.info("loaded %s (%s, %s) in %.1f s", architecture, self.dtype, self.device,
                     time.perf_counter() - started)

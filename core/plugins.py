@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pegboard.plugins.loader_gguf",
     "pegboard.plugins.loader_dummy",
     "pegboard.plugins.llama",
+    "pegboard.plugins.unquantized",
     "pegboard.plugins.torch_attention",
     "pegboard.plugins.triton_attention",
     "pegboard.plugins.default_sampler",

@@ -14,6 +14,8 @@ from torch import nn
 
 from pegboard.core.attention import AttentionContext
 from pegboard.core.errors import UnsupportedModelError
+from pegboard.core.layer_factory import LayerFactory, current_layer_factory
+from pegboard.core.weight_loading import load_named_weights
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -99,20 +101,21 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Self-attention with fused QKV projection, optional q/k norm (Qwen3), paged KV via the context."""
+    """Self-attention with fused QKV projection, optional q/k norm (Qwen3), paged KV; H, Hkv: this rank's heads."""
 
-    def __init__(self, config: Any, layer: int, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: Any, layer: int, rotary: RotaryEmbedding, layers: LayerFactory) -> None:
         super().__init__()
         self.layer = layer
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        total_heads = config.num_attention_heads
+        total_kv_heads = getattr(config, "num_key_value_heads", None) or total_heads
         self.head_dim = head_dim_of(config)
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
         bias = bool(getattr(config, "attention_bias", False))
         qkv_bias = bias or config.model_type == "qwen2"  # Qwen2 always has q/k/v biases
-        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=bias)
+        self.qkv_proj = layers.qkv(config.hidden_size, self.head_dim, total_heads, total_kv_heads, bias=qkv_bias)
+        self.num_heads, self.num_kv_heads = self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.o_proj = layers.row(total_heads * self.head_dim, config.hidden_size, bias=bias)
         self.qk_norm = config.model_type == "qwen3"
         if self.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -133,19 +136,19 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward with fused gate/up projection."""
+    """SwiGLU feed-forward with fused gate/up projection (I: this rank's intermediate size)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, layers: LayerFactory) -> None:
         super().__init__()
         if getattr(config, "hidden_act", "silu") != "silu":
             raise UnsupportedModelError(f"activation {config.hidden_act!r} is not supported (only silu)")
-        self.intermediate = config.intermediate_size
         bias = bool(getattr(config, "mlp_bias", False))
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * self.intermediate, bias=bias)
-        self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=bias)
+        self.gate_up_proj = layers.merged_column(config.hidden_size, [config.intermediate_size] * 2, bias=bias)
+        self.intermediate = self.gate_up_proj.output_size // 2
+        self.down_proj = layers.row(config.intermediate_size, config.hidden_size, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.gate_up_proj(x)
+        gate_up = self.gate_up_proj(x)  # [T, 2I]
         if gate_up.is_cuda:
             return self.down_proj(_fused_kernels().silu_and_mul(gate_up))
         gate, up = gate_up.split(self.intermediate, dim=-1)
@@ -155,12 +158,12 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm attention and MLP blocks with the residual carried alongside."""
 
-    def __init__(self, config: Any, layer: int, rotary: RotaryEmbedding) -> None:
+    def __init__(self, config: Any, layer: int, rotary: RotaryEmbedding, layers: LayerFactory) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer, rotary)
+        self.self_attn = Attention(config, layer, rotary, layers)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, layers)
 
     def forward(self, positions, x, residual, attn: AttentionContext):
         h, residual = self.input_layernorm(x, residual)
@@ -169,29 +172,29 @@ class DecoderLayer(nn.Module):
         return self.mlp(h), residual
 
 
-# HF checkpoint names folded into our fused parameters: (our name, HF name, shard index).
-STACKED_PARAMS = (
-    ("qkv_proj", "q_proj", 0),
-    ("qkv_proj", "k_proj", 1),
-    ("qkv_proj", "v_proj", 2),
-    ("gate_up_proj", "gate_proj", 0),
-    ("gate_up_proj", "up_proj", 1),
-)
-
-
 class LlamaForCausalLM(nn.Module):
-    """The whole model: embeddings, decoder layers, final norm and LM head."""
+    """The whole model (embeddings, decoder layers, final norm, LM head), its layers from a layer factory."""
 
-    def __init__(self, config: Any, max_positions: int | None = None) -> None:
+    # HF checkpoint modules that are shards of our packed ones: name -> (packed name, shard id).
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"), "k_proj": ("qkv_proj", "k"), "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    }
+    checkpoint_prefix = "model."  # HF nests all but lm_head under "model."
+    skipped_modules = ("rotary_emb",)  # rotary tables some checkpoints store; we compute ours
+
+    def __init__(self, config: Any, max_positions: int | None = None, layers: LayerFactory | None = None) -> None:
         super().__init__()
+        layers = layers if layers is not None else current_layer_factory()  # the runner's, when it builds us
         self.config = config
         max_positions = max_positions or config.max_position_embeddings
         rotary = RotaryEmbedding(config, head_dim_of(config), max_positions)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i, rotary) for i in range(config.num_hidden_layers))
+        self.embed_tokens = layers.embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, rotary, layers)
+                                    for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = layers.lm_head(config.vocab_size, config.hidden_size)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = rotary
@@ -210,40 +213,11 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(hidden).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors into our (partly fused) parameters; every parameter must be covered."""
-        params = dict(self.named_parameters(remove_duplicate=False))
-        filled: dict[str, int] = {}
-        for hf_name, tensor in weights:
-            name = hf_name.removeprefix("model.")
-            if "rotary_emb" in name or (name == "lm_head.weight" and self.tie_word_embeddings):
-                continue
-            shard = None
-            for fused, part, index in STACKED_PARAMS:
-                if f".{part}." in name:
-                    name, shard = name.replace(f".{part}.", f".{fused}."), index
-                    break
-            if name not in params:
-                raise UnsupportedModelError(f"checkpoint tensor {hf_name!r} has no place in {type(self).__name__}")
-            target = params[name].data
-            if shard is not None:
-                target = self._shard_of(name, target, shard)
-            if target.shape != tensor.shape:
-                raise UnsupportedModelError(
-                    f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
-            target.copy_(tensor)
-            filled[name] = filled.get(name, 0) + 1
-        missing = [n for n in params if n not in filled and not (n == "lm_head.weight" and self.tie_word_embeddings)]
-        if missing:
-            raise UnsupportedModelError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
-
-    def _shard_of(self, name: str, target: torch.Tensor, shard: int) -> torch.Tensor:
-        """The rows of a fused parameter that one HF projection fills."""
-        if "qkv_proj" in name:
-            attn = self.layers[0].self_attn
-            sizes = [attn.q_size, attn.kv_size, attn.kv_size]
-        else:
-            sizes = [self.config.intermediate_size] * 2
-        return target.narrow(0, sum(sizes[:shard]), sizes[shard])
+        """Load HF-named tensors through each parameter's weight loader; every parameter must be covered."""
+        skipped = {"lm_head.weight"} if self.tie_word_embeddings else set()  # a tied head is the embedding
+        kept = ((name, tensor) for name, tensor in weights
+                if name not in skipped and not any(part in self.skipped_modules for part in name.split(".")))
+        load_named_weights(self, kept, self.packed_modules_mapping, prefix=self.checkpoint_prefix)
 
 
 def head_dim_of(config: Any) -> int:

@@ -15,7 +15,7 @@ from typing import AsyncIterator, Callable
 
 from pegboard.core.config import EngineConfig
 from pegboard.core.engine import LLMEngine
-from pegboard.core.errors import PegboardError, RequestFailedError
+from pegboard.core.errors import InvalidParameterError, PegboardError, RequestFailedError
 from pegboard.core.outputs import RequestOutput
 from pegboard.core.plugins import Board
 from pegboard.core.sampling_params import SamplingParams
@@ -56,15 +56,28 @@ class AsyncLLMEngine:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._lock = threading.Lock()
-        self._pending = 0  # requests sent but not yet finished
+        self._pending = 0  # sequences admitted and not yet finished (a request with n choices counts n)
+        self._sequences: dict[str, int] = {}  # request id -> the sequences its stream holds
         self.dead_error: BaseException | None = None
         self.on_dead: Callable[[BaseException], None] | None = None  # called in the engine thread if it dies
         self._thread = threading.Thread(target=self._run, name="pegboard-engine", daemon=True)
         self._thread.start()
 
     @classmethod
-    def from_config(cls, config: EngineConfig, board: Board | None = None, **kwargs) -> "AsyncLLMEngine":
-        return cls(LLMEngine(config, board), **kwargs)
+    def from_config(cls, config: EngineConfig, board: Board | None = None, *, core_process: bool = False,
+                    **kwargs) -> "AsyncLLMEngine":
+        """An engine whose core runs in this process (a thread), or with ``core_process`` in a child process."""
+        core = None
+        if core_process:
+            from pegboard.core.core_client import CoreProcessClient
+
+            core = CoreProcessClient(config)
+        try:
+            return cls(LLMEngine(config, board, core=core), **kwargs)
+        except BaseException:
+            if core is not None:
+                core.shutdown()
+            raise
 
     @property
     def is_running(self) -> bool:
@@ -72,26 +85,56 @@ class AsyncLLMEngine:
 
     @property
     def num_pending(self) -> int:
-        """Requests accepted and not yet finished."""
+        """Sequences admitted and not yet finished (a request with n choices counts n)."""
         return self._pending
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str, *,
-                       add_special_tokens: bool = True) -> AsyncIterator[RequestOutput]:
-        """Yield the request's RequestOutput after every step that advanced it; the last one is finished.
+    @property
+    def capacity(self) -> int:
+        """Sequences that may be in flight at once: a full batch (max_num_seqs) plus max_waiting_requests."""
+        return self.engine.config.max_num_seqs + self.max_waiting_requests
 
-        Leaving the iteration early (a client that disconnects) aborts the request and frees its blocks.
-        """
+    def admit(self, num_sequences: int) -> Admission:
+        """Reserve room for ``num_sequences`` sequences at once, all or none: a 400 (InvalidParameterError) when
+        they could never fit, EngineOverloadedError (503) when they do not fit now."""
         if not self.is_running:
             raise EngineDeadError(f"the engine is not running: {self.dead_error!r}")
         with self._lock:
-            if self._pending >= self.max_waiting_requests + self.engine.config.max_num_seqs:
-                raise EngineOverloadedError(
-                    f"the server is overloaded ({self._pending} requests in flight); retry later")
-            if request_id in self._streams:
-                raise PegboardError(f"request id {request_id!r} is already in use")
-            stream: asyncio.Queue = asyncio.Queue()
-            self._streams[request_id] = (asyncio.get_running_loop(), stream)
-            self._pending += 1
+            if num_sequences > self.capacity:
+                raise InvalidParameterError(
+                    f"the request asks for {num_sequences} sequences (n x prompts), more than this server ever "
+                    f"holds at once ({self.capacity}: max_num_seqs + max_waiting_requests)", param="n")
+            if self._pending + num_sequences > self.capacity:
+                raise EngineOverloadedError(f"the server is overloaded ({self._pending} sequences in flight, "
+                                            f"{num_sequences} more asked for); retry later")
+            self._pending += num_sequences
+        return Admission(self, num_sequences)
+
+    def _release(self, num_sequences: int) -> None:
+        with self._lock:
+            self._pending -= num_sequences
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str, *,
+                       add_special_tokens: bool = True, admission: Admission | None = None
+                       ) -> AsyncIterator[RequestOutput]:
+        """Yield the request's RequestOutput after every step that advanced it; the last one is finished.
+
+        Its ``params.n`` sequences come out of ``admission`` (one admission for all prompts of a request), else
+        are admitted here. Leaving the iteration early (a client that disconnects) aborts the request and frees
+        its blocks.
+        """
+        own = admission is None
+        admission = self.admit(params.n) if own else admission
+        try:
+            with self._lock:
+                if request_id in self._streams:
+                    raise PegboardError(f"request id {request_id!r} is already in use")
+                admission.take(params.n)
+                stream: asyncio.Queue = asyncio.Queue()
+                self._streams[request_id] = (asyncio.get_running_loop(), stream)
+                self._sequences[request_id] = params.n
+        finally:
+            if own:
+                admission.release()
         self._inbox.put(_Add(request_id, prompt, params, add_special_tokens))
         finished = False
         try:
@@ -116,6 +159,9 @@ class AsyncLLMEngine:
         """Stop the loop: in-flight requests are aborted; waits up to ``timeout`` seconds for the thread."""
         self._inbox.put(_STOP)
         self._thread.join(timeout)
+        core_shutdown = getattr(self.engine.core, "shutdown", None)  # a core process is stopped too
+        if core_shutdown is not None:
+            core_shutdown()
 
     # ---- the engine thread ---------------------------------------------------------------------
 
@@ -182,4 +228,25 @@ class AsyncLLMEngine:
     def _forget(self, request_id: str) -> None:
         with self._lock:
             if self._streams.pop(request_id, None) is not None:
-                self._pending -= 1
+                self._pending -= self._sequences.pop(request_id)
+
+
+class Admission:
+    """Room reserved for a request's sequences: each of its streams takes its share; ``release()`` gives back
+    what no stream took (prompts never started because the request ended first)."""
+
+    def __init__(self, engine: AsyncLLMEngine, num_sequences: int) -> None:
+        self._engine = engine
+        self.left = num_sequences
+
+    def take(self, num_sequences: int) -> None:
+        """Move ``num_sequences`` of the reserved room to a stream (which frees it when it finishes)."""
+        if num_sequences > self.left:
+            raise PegboardError(f"the admission has room for {self.left} more sequences, not {num_sequences}")
+        self.left -= num_sequences
+
+    def release(self) -> None:
+        """Give back the room no stream took."""
+        left, self.left = self.left, 0
+        if left:
+            self._engine._release(left)

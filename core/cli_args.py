@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from pegboard.core.batch_defaults import CPU_MAX_NUM_BATCHED_TOKENS
 from pegboard.core.config import EngineConfig
 
 logger = logging.getLogger("pegboard.cli")
@@ -21,7 +22,8 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
                   help="weight and activation dtype; auto: float32 on CPU, the checkpoint's half type on GPU"),
     "max_model_len": dict(type=int, help="context length (default: the model's)"),
     "max_num_seqs": dict(type=int, help="most sequences in one step"),
-    "max_num_batched_tokens": dict(type=int, help="most tokens in one step (default: max(2048, max_model_len))"),
+    "max_num_batched_tokens": dict(type=int, help=f"most tokens in one step (default: {CPU_MAX_NUM_BATCHED_TOKENS} "
+                                                  "on CPU, else max(2048, max_model_len) capped at 8192)"),
     "block_size": dict(type=int, help="tokens per KV-cache block"),
     "num_kv_blocks": dict(type=int, help="KV-cache blocks (default: sized from the memory budget)"),
     "kv_cache_memory_gb": dict(type=float, help="KV-cache size on CPU in GiB (default: 4)"),

@@ -18,7 +18,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto, float32, bfloat16, float16
     max_model_len: int | None = None  # None: the model's context length
     max_num_seqs: int = 128
-    max_num_batched_tokens: int | None = None  # None: max(2048, max_model_len) capped
+    max_num_batched_tokens: int | None = None  # None: core/batch_defaults.py (small on CPU)
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: sized from kv_cache_memory_gb / gpu_memory_utilization
     kv_cache_memory_gb: float | None = None  # CPU KV cache size; None: 4 GiB

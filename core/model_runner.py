@@ -17,9 +17,10 @@ from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
 from pegboard.core.profile_run import activation_peak
-from pegboard.core.request import Request
-from pegboard.core.runner_output import LaunchedStep, RunnerOutput, TokenLogprobs
-from pegboard.core.scheduler import SchedulerOutput
+from pegboard.core.logits_processors import LogitsProcessors
+from pegboard.core.messages import RunnerOutput, SchedulerOutput, TokenLogprobs
+from pegboard.core.launched_step import LaunchedStep
+from pegboard.core.worker_state import BatchState, CachedRequestState
 from pegboard.core.staging import HostStaging
 from pegboard.core.weight_loading import process_weights_after_loading
 
@@ -112,12 +113,16 @@ class ModelRunner:
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_batch=config.max_num_seqs,
                                               max_blocks=-(-max_model_len // self.block_size), device=self.device)
             self.decode_graphs.capture()
+        self.batch = BatchState()
         self._previous_samples = torch.zeros(0, dtype=torch.long, device=self.device)  # the last step's tokens
-        self._previous_sample_rows: dict[Request, int] = {}  # request -> its row in _previous_samples
+        self._previous_sample_rows: dict[str, int] = {}  # request id -> its (last) row in _previous_samples
+        self._last_step: LaunchedStep | None = None
+        self._wants_host_tokens: set[str] = set()  # requests whose rows need their previous tokens on the host
         self._staging = HostStaging(self.device, torch.long)
         self._staging32 = HostStaging(self.device, torch.int32)
-        self.logits_processors = [factory(vocab_size=self.vocab_size, device=self.device, config=config)
-                                  for _, factory in board.logits_processors.items()]
+        self.logits_processors = LogitsProcessors(
+            [factory(vocab_size=self.vocab_size, device=self.device, config=config)
+             for _, factory in board.logits_processors.items()])
 
     @property
     def num_kv_blocks(self) -> int:
@@ -179,8 +184,16 @@ class ModelRunner:
         """Queue the step's forward pass and sampling on the device; its tokens travel to the host meanwhile.
 
         A request whose previous token is still pending (sampled by the step launched just before this one)
-        takes that token as its input straight from the device.
+        takes that token as its input straight from the device. Where a sampled row needs its previous tokens
+        on the host (penalties, a logits processor that follows accepted tokens), the previous step is
+        collected first.
         """
+        added, forgotten = self.batch.update(scheduled)
+        self._forget(forgotten)
+        for state in added:
+            self._add(state)
+        if scheduled.is_empty:  # only finished requests to forget
+            return LaunchedStep(lambda: RunnerOutput((), ()))
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -189,40 +202,50 @@ class ModelRunner:
         pending_at: list[int] = []  # input positions whose token the previous step is sampling
         pending_rows: list[int] = []  # ... and its row among that step's samples
         sample_rows: list[int] = []
-        sample_requests: list[Request] = []
+        sampled: list[CachedRequestState] = []  # one per sampled row (1 + proposed tokens rows per request)
         prompt_rows: list[int] = []
         prompt_targets: list[int] = []
-        prompt_spans: list[tuple[Request, int]] = []
-        for request, n in zip(scheduled.requests, scheduled.num_new_tokens):
-            start = request.num_computed_tokens
+        prompt_spans: list[tuple[str, int, int]] = []  # (request id, positions, top k)
+        for request_id, n in scheduled.num_scheduled_tokens.items():
+            state = self.batch.requests[request_id]
+            proposed = scheduled.spec_token_ids.get(request_id, ())
+            start = state.num_computed_tokens
             offset = len(input_ids)
-            table = request.block_table
-            known = request.all_token_ids[start:start + n]
+            table = state.block_ids
+            real = n - len(proposed)  # tokens of the sequence (the rest are proposals)
+            known = state.all_token_ids[start:start + real]
             input_ids.extend(known)
-            if len(known) < n:
+            if len(known) < real:
                 pending_at.append(len(input_ids))
-                pending_rows.append(self._previous_sample_rows[request])
+                pending_rows.append(self._previous_sample_rows[request_id])
                 input_ids.append(0)
+            input_ids.extend(proposed)
             positions.extend(range(start, start + n))
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             query_lens.append(n)
             context_lens.append(start + n)
             tables.append(table)
-            if request.samples_after(n):
-                sample_rows.append(offset + n - 1)
-                sample_requests.append(request)
-            if request.prompt_logprobs is not None:
-                count = min(start + n, request.num_prompt_tokens - 1) - max(start, len(request.prompt_logprobs) - 1)
+            state.num_computed_tokens = start + n
+            if start + real == state.num_tokens + state.num_pending_tokens:  # reaches the end: samples
+                sample_rows.extend(range(offset + real - 1, offset + n))
+                sampled.extend([state] * (len(proposed) + 1))
+                state.spec_rows = len(proposed) + 1
+            k = state.sampling_params.prompt_logprobs
+            if k is not None:
+                first = max(start, state.num_prompt_logprobs)
+                count = min(start + real, state.num_prompt_tokens - 1) - first
                 if count > 0:
-                    first = max(start, len(request.prompt_logprobs) - 1)
                     prompt_rows.extend(range(offset + first - start, offset + first - start + count))
-                    prompt_targets.extend(request.prompt_token_ids[first + 1:first + 1 + count])
-                    prompt_spans.append((request, count))
+                    prompt_targets.extend(state.prompt_token_ids[first + 1:first + 1 + count])
+                    prompt_spans.append((request_id, count, k))
+                    state.num_prompt_logprobs = first + count
 
+        if self._last_step is not None and self._needs_previous_tokens(sampled):
+            self._last_step.result()  # its tokens reach the host (and the processors) before this step samples
         if (self.decode_graphs is not None and max(query_lens) == 1 and not prompt_rows
                 and self.decode_graphs.fits(len(query_lens), max(map(len, tables)))):
             logits = self._replay_decode(input_ids, positions, slots, context_lens, tables, pending_at, pending_rows)
-            return self._sample(logits, sample_requests, [], [])
+            return self._sample(logits, sampled, scheduled.spec_token_ids, [], [])
         ids_t, positions_t, slots_t, rows_t, pending_at_t, pending_rows_t = self._staging.upload(
             input_ids, positions, slots, sample_rows + prompt_rows, pending_at, pending_rows)
         self._fill_pending_inputs(ids_t, pending_at_t, pending_rows_t)
@@ -232,7 +255,19 @@ class ModelRunner:
         attn = AttentionContext(self.attention, self.attention.build_metadata(layout))
         hidden = self.model(ids_t, positions_t, attn)
         logits = self.model.compute_logits(hidden[rows_t])  # [S + P, V] float32
-        return self._sample(logits, sample_requests, prompt_targets, prompt_spans)
+        return self._sample(logits, sampled, scheduled.spec_token_ids, prompt_targets, prompt_spans)
+
+    def _needs_previous_tokens(self, sampled: list[CachedRequestState]) -> bool:
+        """Whether a row waits for a token still on its way: penalties count it, a processor follows it."""
+        wanting = self._wants_host_tokens
+        return bool(wanting) and any(s.num_pending_tokens and s.request_id in wanting for s in sampled)
+
+    def _add(self, state: CachedRequestState) -> None:
+        """A request the worker has not held before: the processors are offered it."""
+        params = state.sampling_params
+        self.logits_processors.add_request(state.request_id, params, state.prompt_token_ids)
+        if any(params.penalties_used) or self.logits_processors.follows(state.request_id):
+            self._wants_host_tokens.add(state.request_id)
 
     def _replay_decode(self, input_ids: list[int], positions: list[int], slots: list[int],
                        context_lens: list[int], tables: list[list[int]], pending_at: list[int],
@@ -251,42 +286,58 @@ class ModelRunner:
         if positions.numel():
             ids[positions] = self._previous_samples[rows]
 
-    def _sample(self, logits: torch.Tensor, requests: list[Request], prompt_targets: list[int],
-                prompt_spans: list[tuple[Request, int]]) -> LaunchedStep:
+    def _sample(self, logits: torch.Tensor, rows: list[CachedRequestState], proposals: dict[str, tuple[int, ...]],
+                prompt_targets: list[int], prompt_spans: list[tuple[str, int, int]]) -> LaunchedStep:
         """Sample on the device, start copying the results to the host, and return the step's promise."""
-        num_sampled = len(requests)
-        sample_logits = logits[:num_sampled]
-        for processor in self.logits_processors:
-            sample_logits = processor(sample_logits, requests)
-        out = self.sampler.sample(sample_logits, requests)
+        num_sampled = len(rows)
+        sample_logits = self.logits_processors.apply(logits[:num_sampled], rows)
+        out = self.sampler.sample(sample_logits, rows)
         self._previous_samples = out.token_ids
-        self._previous_sample_rows = {request: row for row, request in enumerate(requests)}
+        self._previous_sample_rows = {s.request_id: row for row, s in enumerate(rows)}  # a request's last row
+        requests = list(dict.fromkeys(rows))  # one per request, in row order
+        for state in requests:
+            state.num_pending_tokens += 1
         device_results = [out.token_ids]
         if out.logprobs is not None:
             device_results += [out.logprob_token_ids, out.logprobs, out.ranks]
         if prompt_spans:
-            k = max(r.sampling_params.prompt_logprobs for r, _ in prompt_spans)
+            k = max(top for _, _, top in prompt_spans)
             targets = torch.tensor(prompt_targets, dtype=torch.long).to(self.device, non_blocking=True)
             lp, ids, ranks = top_logprobs(logits[num_sampled:], targets, k)
             device_results += [ids, lp, ranks]
         host_results, wait = self._to_host(device_results)
-        request_ids = tuple(r.request_id for r in requests)
 
         def build() -> RunnerOutput:
             lists = [t.tolist() for t in host_results]
-            token_ids, rest = lists[0], lists[1:]
-            logprobs = None
+            flat_tokens, rest = lists[0], lists[1:]
+            flat_logprobs = None
             if out.logprobs is not None:
-                logprobs, rest = tuple(_zip_logprobs(*rest[:3])), rest[3:]
-            prompt_logprobs: dict[str, list[TokenLogprobs]] = {}
+                flat_logprobs, rest = _zip_logprobs(*rest[:3]), rest[3:]
+            prompt_logprobs: dict[str, tuple[TokenLogprobs, ...]] = {}
             if prompt_spans:
                 flat, start = _zip_logprobs(*rest), 0
-                for request, count in prompt_spans:
-                    prompt_logprobs[request.request_id] = flat[start:start + count]
+                for request_id, count, _ in prompt_spans:
+                    prompt_logprobs[request_id] = tuple(flat[start:start + count])
                     start += count
-            return RunnerOutput(request_ids, tuple(token_ids), logprobs, prompt_logprobs)
+            token_ids, logprobs, row = [], [], 0
+            for state in requests:
+                width = state.spec_rows
+                # a processor that follows tokens edits only a request's first row right: no proposal is kept
+                verified = () if state.request_id in self._wants_host_tokens else proposals.get(state.request_id, ())
+                chosen = _accepted(flat_tokens[row:row + width], verified)
+                token_ids.append(chosen)
+                if flat_logprobs is not None:
+                    logprobs.append(tuple(flat_logprobs[row:row + len(chosen)]))
+                row += width
+                state.num_pending_tokens -= 1
+                if state.request_id in self.batch.requests:  # not forgotten meanwhile
+                    state.append_tokens(chosen)
+                    self.logits_processors.accept_tokens(state.request_id, chosen)
+            return RunnerOutput(tuple(s.request_id for s in requests), tuple(token_ids),
+                                None if flat_logprobs is None else tuple(logprobs), prompt_logprobs)
 
-        return LaunchedStep(build, wait)
+        self._last_step = LaunchedStep(build, wait)
+        return self._last_step
 
     def _to_host(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], Callable[[], None] | None]:
         """Copies on their way to (pinned) host memory, and what to call to wait for them."""
@@ -297,15 +348,27 @@ class ModelRunner:
         arrived.record()
         return copies, arrived.synchronize
 
-    def free(self, request_ids: list[str]) -> None:
-        """Forget per-request state (seeded generators) of finished requests."""
-        self.sampler.free(request_ids)
+    def _forget(self, request_ids: list[str]) -> None:
+        """Drop per-request state (seeded generators, token counts, processor state) of finished requests."""
+        if request_ids:
+            self.sampler.free(request_ids)
+            self.logits_processors.remove_requests(request_ids)
+            self._wants_host_tokens.difference_update(request_ids)
+
+
+def _accepted(sampled: list[int], proposed: tuple[int, ...]) -> tuple[int, ...]:
+    """The tokens a step gives a request: its samples up to and including the first that differs from the
+    proposal it verifies (each sample is a true draw given the accepted tokens before it)."""
+    for i, token in enumerate(proposed):
+        if sampled[i] != token:
+            return tuple(sampled[:i + 1])
+    return tuple(sampled[:len(proposed) + 1])
 
 
 def _zip_logprobs(ids: list[list[int]], values: list[list[float]], ranks: list[int]) -> list[TokenLogprobs]:
     """Rows of (token, logprob, rank): the first entry carries the chosen token's rank, the top-k theirs."""
     rows = []
     for row_ids, row_values, rank in zip(ids, values, ranks):
-        rows.append([(row_ids[0], row_values[0], rank)]
-                    + [(t, v, i + 1) for i, (t, v) in enumerate(zip(row_ids[1:], row_values[1:]))])
+        rows.append(((row_ids[0], row_values[0], rank),)
+                    + tuple((t, v, i + 1) for i, (t, v) in enumerate(zip(row_ids[1:], row_values[1:]))))
     return rows

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from pegboard.core.attention import AttentionContext, BatchLayout, KVCacheSpec
-from pegboard.core.request import Request
+from pegboard.core.worker_state import CachedRequestState
 from pegboard.core.sampling_params import SamplingParams
 
 # The sampler's costliest path (a full-vocabulary sort) for every row of the decode batch.
@@ -72,6 +72,7 @@ def _step(model, backend, sampler, query_lens, context_lens, tables, positions, 
     hidden = model(ids, torch.tensor(positions, dtype=torch.long, device=device),
                    AttentionContext(backend, backend.build_metadata(layout)))
     logits = model.compute_logits(hidden[:num_sampled])
-    requests = [Request(f"profile-{i}", [0], _PROFILE_SAMPLING, max_tokens=1) for i in range(num_sampled)]
+    requests = [CachedRequestState(f"profile-{i}", [0], [], _PROFILE_SAMPLING, None, [0], 0)
+                for i in range(num_sampled)]
     sampler.sample(logits, requests)
     sampler.free([r.request_id for r in requests])

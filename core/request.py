@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import time
 
-from pegboard.core.outputs import PositionLogprobs, RequestMetrics
+from pegboard.core.outputs import RequestMetrics
 from pegboard.core.sampling_params import SamplingParams
 
 
@@ -27,9 +27,9 @@ class RequestStatus(enum.Enum):
 
 
 class Request:
-    """One sequence: prompt ids, generated ids, how many of them the KV cache holds, its blocks.
+    """One sequence in the engine core: prompt ids, generated ids, how many of them the KV cache holds, its blocks.
 
-    A user request with ``n > 1`` becomes n of these (``parent_id`` and ``index`` tie them).
+    A user request with ``n > 1`` is n of these (the front end fans them out and merges their outputs).
     """
 
     def __init__(
@@ -40,13 +40,9 @@ class Request:
         *,
         eos_token_id: int | None = None,
         max_tokens: int,
-        parent_id: str | None = None,
-        index: int = 0,
         arrival_time: float | None = None,
     ) -> None:
         self.request_id = request_id
-        self.parent_id = parent_id or request_id
-        self.index = index
         self.prompt_token_ids = list(prompt_token_ids)
         self.output_token_ids: list[int] = []
         self.all_token_ids = list(prompt_token_ids)
@@ -56,14 +52,11 @@ class Request:
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         self.num_pending_tokens = 0  # sampled by a step still running on the device, not yet in all_token_ids
+        self.spec_token_ids: tuple[int, ...] = ()  # proposed to follow the sequence, verified by its next step
         self.block_table: list[int] = []
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None
-        self.cumulative_logprob = 0.0
-        self.logprobs: list[PositionLogprobs] | None = [] if sampling_params.logprobs is not None else None
-        self.prompt_logprobs: list[PositionLogprobs | None] | None = (
-            [None] if sampling_params.prompt_logprobs is not None else None)
         self.metrics = RequestMetrics(arrival_time=arrival_time or time.monotonic())
 
     @property

@@ -67,16 +67,16 @@ class EngineMetrics:
         family.labels(**self._labels, **labels).set_function(read)
 
     def _live_gauges(self, engine_ref: weakref.ref) -> None:
-        """Gauges read the engine when scraped, so they are current even when no step runs (after aborts)."""
+        """Gauges read the engine's latest gauges message (sent after every step and every abort) when scraped."""
         def read(attribute: Callable[[Any], float]) -> Callable[[], float]:
             return lambda: 0.0 if (engine := engine_ref()) is None else attribute(engine)
 
         self._gauge("pegboard:num_requests_running", "Sequences in the running batch.",
-                    read(lambda engine: engine.scheduler.num_running))
+                    read(lambda engine: engine.gauges.num_running))
         self._gauge("pegboard:num_requests_waiting", "Sequences waiting to be scheduled.",
-                    read(lambda engine: engine.scheduler.num_waiting))
+                    read(lambda engine: engine.gauges.num_waiting))
         self._gauge("pegboard:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0 to 1).",
-                    read(lambda engine: engine.block_manager.usage))
+                    read(lambda engine: engine.gauges.kv_cache_usage))
         device = _cuda_device(engine_ref())
         if device is not None:
             torch = sys.modules["torch"]

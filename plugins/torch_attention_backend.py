@@ -118,16 +118,18 @@ class TorchAttentionBackend:
                                                enable_gqa=True)
             out[group.rows] = o.squeeze(2)
         for span in metadata.prefills:
-            q_p = q[span.start:span.end].transpose(0, 1)  # [H, q, D]
+            # 4-D inputs: torch's CPU flash kernel takes only those; with 3-D ones SDPA falls back to the math
+            # kernel, which materialises every score (4-6x slower for long prompts)
+            q_p = q[span.start:span.end].transpose(0, 1)[None]  # [1, H, q, D]
             if span.slots is None:
-                k_p = k[span.start:span.end].transpose(0, 1)  # [Hkv, q, D]
-                v_p = v[span.start:span.end].transpose(0, 1)
+                k_p = k[span.start:span.end].transpose(0, 1)[None]  # [1, Hkv, q, D]
+                v_p = v[span.start:span.end].transpose(0, 1)[None]
             else:
-                k_p = _gather(k_cache, span.slots).transpose(0, 1)  # [Hkv, ctx, D]
-                v_p = _gather(v_cache, span.slots).transpose(0, 1)
+                k_p = _gather(k_cache, span.slots).transpose(0, 1)[None]  # [1, Hkv, ctx, D]
+                v_p = _gather(v_cache, span.slots).transpose(0, 1)[None]
             o = F.scaled_dot_product_attention(q_p, k_p, v_p, attn_mask=span.mask, is_causal=span.mask is None,
                                                scale=self.scale, enable_gqa=True)
-            out[span.start:span.end] = o.transpose(0, 1)
+            out[span.start:span.end] = o[0].transpose(0, 1)
         return out
 
 

@@ -18,7 +18,7 @@ class UniprocExecutor:
         return self.runner.num_kv_blocks
 
     def execute(self, scheduled):
-        """Run one step; returns a RunnerOutput."""
+        """Run one step (a SchedulerOutput; its finished ids are forgotten first); returns a RunnerOutput."""
         return self.runner.execute(scheduled)
 
     def launch(self, scheduled):
@@ -29,14 +29,6 @@ class UniprocExecutor:
     def queues_work(self) -> bool:
         """Whether launched work runs on the device while the host goes on (CUDA; not the CPU)."""
         return self.runner.device.type == "cuda"
-
-    @property
-    def needs_host_history(self) -> bool:
-        """Whether every step needs the previous step's tokens on the host (logits processors read them)."""
-        return bool(self.runner.logits_processors)
-
-    def free(self, request_ids: list[str]) -> None:
-        self.runner.free(request_ids)
 
 
 @hookimpl

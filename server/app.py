@@ -17,6 +17,7 @@ from pegboard.core.async_engine import AsyncLLMEngine
 from pegboard.server.chat import create_chat_completion
 from pegboard.server.completions import create_completion
 from pegboard.server.errors import EXCEPTION_HANDLERS, APIError, error_response
+from pegboard.server.protocol import RequestLimits
 from pegboard.server.served_name import default_served_name
 from pegboard.server.state import ServerState, state_of
 from pegboard.server.tokenize import detokenize, tokenize
@@ -25,13 +26,14 @@ OPEN_PATHS = frozenset({"/health"})  # answered without the API key
 
 
 def build_app(engine: AsyncLLMEngine, served_model_names: tuple[str, ...] | None = None, *,
-              api_key: str | None = None, chat_template: str | None = None) -> Starlette:
+              api_key: str | None = None, chat_template: str | None = None,
+              limits: RequestLimits | None = None) -> Starlette:
     """The app serving ``engine`` under ``served_model_names`` (default: the model as given, a path's last part),
     plus plugin routes."""
     names = tuple(served_model_names or (default_served_name(engine.engine.config.model),))
     middleware = [Middleware(APIKeyMiddleware, api_key=api_key)] if api_key else []
     app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
-    app.state.pegboard = ServerState.of(engine, names, chat_template)
+    app.state.pegboard = ServerState.of(engine, names, chat_template, limits)
     engine.engine.board.pm.hook.register_routes(app=app, engine=engine)
     return app
 

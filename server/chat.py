@@ -15,13 +15,13 @@ from pegboard.server.logprobs import chat_logprobs
 from pegboard.server.protocol import ChatRequest, parse_chat_request
 from pegboard.server.state import ServerState, state_of
 from pegboard.server.streaming import ChunkWriter, respond, usage
-from pegboard.server.tokenize import chat_prompt, check_context, decode
+from pegboard.server.tokenize import chat_prompt, check_context
 
 
 async def create_chat_completion(request: Request) -> Response:
     """Validate, apply the chat template, check the context length, then generate (streamed or whole)."""
     state = state_of(request)
-    parsed = parse_chat_request(await read_json(request), state.model)
+    parsed = parse_chat_request(await read_json(request), state.model, state.limits)
     prompt = await chat_prompt(state, parsed.messages, parsed.add_generation_prompt)
     check_context(state, len(prompt.token_ids), parsed.params.max_tokens, "messages")
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -49,7 +49,7 @@ class ChatWriter(ChunkWriter):
         logprobs = None
         if self.parsed.params.logprobs is not None:
             content = chat_logprobs(completion.token_ids[first:last], (completion.logprobs or [])[first:last],
-                                    self.parsed.params.logprobs, lambda ids: decode(self.state, ids))
+                                    self.parsed.params.logprobs, self.state.bytes_of)
             logprobs = {"content": content, "refusal": None}
         choice = {"index": index, "delta": {"content": text} if text else {}, "logprobs": logprobs,
                   "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason}

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from pegboard.core.outputs import CompletionOutput, RequestOutput
 from pegboard.server.body import read_json
 from pegboard.server.generation import Generation
-from pegboard.server.logprobs import completion_logprobs, merge_completion_logprobs
+from pegboard.server.logprobs import TextOffset, completion_logprobs, merge_completion_logprobs
 from pegboard.server.protocol import CompletionRequest, parse_completion_request
 from pegboard.server.state import ServerState, state_of
 from pegboard.server.streaming import ChunkWriter, respond, usage
@@ -21,14 +21,14 @@ from pegboard.server.tokenize import PromptInput, check_context, completion_prom
 async def create_completion(request: Request) -> Response:
     """Validate, tokenize, check the context length, then generate (streamed or whole)."""
     state = state_of(request)
-    parsed = parse_completion_request(await read_json(request), state.model)
+    parsed = parse_completion_request(await read_json(request), state.model, state.limits)
     prompts = await completion_prompts(state, parsed.prompts)
     for prompt in prompts:
         check_context(state, len(prompt.token_ids), None if parsed.echo_only else parsed.params.max_tokens,
                       "prompt")
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    generation = Generation(state.engine, [p.token_ids for p in prompts], parsed.params, request_id)
     writer = CompletionWriter(state, parsed, prompts, request_id)
+    generation = Generation(state.engine, [p.token_ids for p in prompts], parsed.params, request_id)
     return await respond(request, generation, writer, parsed.stream)
 
 
@@ -43,7 +43,7 @@ class CompletionWriter(ChunkWriter):
         self.state = state
         self.parsed = parsed
         self.prompts = prompts
-        self.offsets: dict[int, int] = {}  # choice index -> text offset of its next token
+        self.offsets: dict[int, TextOffset] = {}  # choice index -> text offset of its next token
 
     def decode(self, token_ids: list[int]) -> str:
         return decode(self.state, token_ids)
@@ -54,7 +54,7 @@ class CompletionWriter(ChunkWriter):
         if parsed.echo_only:
             text, first, last = "", 0, 0
         head = index not in self.offsets
-        offset = self.offsets.get(index, 0)
+        offset = self.offsets.setdefault(index, TextOffset())
         logprobs = None
         if head and parsed.echo:
             prompt = self.prompts[index // self.n]
@@ -62,12 +62,11 @@ class CompletionWriter(ChunkWriter):
             text = prompt_text + text
             if parsed.params.logprobs is not None:
                 positions = output.prompt_logprobs or [None] * len(output.prompt_token_ids)
-                logprobs, offset = completion_logprobs(output.prompt_token_ids, positions, offset, self.decode)
+                logprobs = completion_logprobs(output.prompt_token_ids, positions, offset, self.state.bytes_of)
         if parsed.params.logprobs is not None:
             positions = (completion.logprobs or [])[first:last]
-            part, offset = completion_logprobs(completion.token_ids[first:last], positions, offset, self.decode)
+            part = completion_logprobs(completion.token_ids[first:last], positions, offset, self.state.bytes_of)
             logprobs = part if logprobs is None else merge_completion_logprobs(logprobs, part)
-        self.offsets[index] = offset
         finish, stop_reason = completion.finish_reason, completion.stop_reason
         if finish and parsed.echo_only:  # the one token generated is not part of the answer
             finish, stop_reason = "length", None

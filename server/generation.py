@@ -17,13 +17,19 @@ T = TypeVar("T")
 
 
 class Generation:
-    """Streams ``(prompt index, RequestOutput)`` of every prompt; closing it aborts what is still running."""
+    """Streams ``(prompt index, RequestOutput)`` of every prompt; closing it aborts what is still running.
+
+    The request's n x prompts sequences are admitted at once, before any prompt's task exists: a request that
+    could never fit is a 400, one that does not fit now a 503, and neither costs a task per prompt.
+    """
 
     def __init__(self, engine: AsyncLLMEngine, prompts: list[list[int]], params: SamplingParams,
                  request_id: str) -> None:
+        self._admission = engine.admit(params.n * len(prompts))
         self._queue: asyncio.Queue = asyncio.Queue()
         self._buffer: deque[tuple[int, RequestOutput]] = deque()
-        self._tasks = [asyncio.create_task(self._pump(i, engine.generate(ids, params, f"{request_id}-{i}")))
+        self._tasks = [asyncio.create_task(self._pump(i, engine.generate(ids, params, f"{request_id}-{i}",
+                                                                         admission=self._admission)))
                        for i, ids in enumerate(prompts)]
 
     async def _pump(self, index: int, stream: AsyncIterator[RequestOutput]) -> None:
@@ -67,6 +73,7 @@ class Generation:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._admission.release()  # the room of prompts whose task ended before it started
 
 
 async def until_disconnected(request: Request) -> None:

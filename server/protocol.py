@@ -17,6 +17,8 @@ from pegboard.server.fields import (INT64_MAX, INT64_MIN, get_bool, get_int, get
 
 MAX_N = 128
 MAX_LOGPROBS = 20
+DEFAULT_MAX_PROMPTS = 128  # prompts in one /v1/completions request (--max-prompts-per-request)
+DEFAULT_MAX_SEQUENCES = 256  # n x prompts in one request (--max-sequences-per-request): two default batches
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 # vLLM's guided-decoding extras -> the grammar kind a plugin registers for them.
 GUIDED_FIELDS = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice"}
@@ -30,6 +32,7 @@ class ServedModel:
     vocab_size: int
     max_model_len: int
     grammars: frozenset[str]
+    longest_token_chars: int | None = None  # characters of the tokenizer's longest token (None: no tokenizer)
 
     def check_name(self, body: dict[str, Any]) -> str:
         """The model a request names (default: the first served name); 404 when it is not served."""
@@ -37,6 +40,22 @@ class ServedModel:
         if name not in self.names:
             raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
         return name
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """How much work one request may ask for (server flags); more is a 400 naming the field."""
+
+    max_prompts: int = DEFAULT_MAX_PROMPTS
+    max_sequences: int = DEFAULT_MAX_SEQUENCES  # n x prompts
+
+    def check_sequences(self, n: int, num_prompts: int) -> None:
+        """400 when n x prompts exceeds max_sequences (naming ``n`` when it is above 1, else ``prompt``)."""
+        if n * num_prompts > self.max_sequences:
+            asked = f"n={n} x {num_prompts} prompts" if num_prompts > 1 else f"n={n}"
+            raise invalid("n" if n > 1 else "prompt",
+                          f"asks for {n * num_prompts} sequences ({asked}); this server allows at most "
+                          f"{self.max_sequences} per request (--max-sequences-per-request)")
 
 
 @dataclass(frozen=True)
@@ -66,10 +85,11 @@ class ChatRequest:
     return_token_ids: bool
 
 
-def parse_completion_request(body: dict[str, Any], model: ServedModel) -> CompletionRequest:
+def parse_completion_request(body: dict[str, Any], model: ServedModel, limits: RequestLimits = RequestLimits()
+                             ) -> CompletionRequest:
     """Validate a completions body."""
     name = model.check_name(body)
-    prompts = _prompts(body.get("prompt"), model.vocab_size)
+    prompts = _prompts(body.get("prompt"), model.vocab_size, limits.max_prompts)
     echo = get_bool(body, "echo", False)
     max_tokens = get_int(body, "max_tokens", 16, lo=0 if echo else 1)
     logprobs = get_int(body, "logprobs", None, lo=0, hi=MAX_LOGPROBS)
@@ -78,6 +98,7 @@ def parse_completion_request(body: dict[str, Any], model: ServedModel) -> Comple
     n = get_int(body, "n", 1, lo=1, hi=MAX_N)
     if get_int(body, "best_of", n, lo=1, hi=MAX_N) != n:
         raise invalid("best_of", "is not supported (it must be null or equal to n)")
+    limits.check_sequences(n, len(prompts))
     params = _sampling_params(body, model, n=n, max_tokens=max_tokens or 1, logprobs=logprobs,
                               prompt_logprobs=logprobs if echo else None)
     stream, include_usage = _stream_fields(body)
@@ -85,7 +106,8 @@ def parse_completion_request(body: dict[str, Any], model: ServedModel) -> Comple
                              get_bool(body, "return_token_ids", False))
 
 
-def parse_chat_request(body: dict[str, Any], model: ServedModel) -> ChatRequest:
+def parse_chat_request(body: dict[str, Any], model: ServedModel, limits: RequestLimits = RequestLimits()
+                       ) -> ChatRequest:
     """Validate a chat completions body."""
     name = model.check_name(body)
     messages = parse_messages(body.get("messages"))
@@ -99,17 +121,22 @@ def parse_chat_request(body: dict[str, Any], model: ServedModel) -> ChatRequest:
             raise invalid("top_logprobs", "needs 'logprobs' set to true")
     elif top_logprobs is None:
         top_logprobs = 0
-    params = _sampling_params(body, model, n=get_int(body, "n", 1, lo=1, hi=MAX_N), max_tokens=max_tokens,
-                              logprobs=top_logprobs, prompt_logprobs=None)
+    n = get_int(body, "n", 1, lo=1, hi=MAX_N)
+    limits.check_sequences(n, 1)
+    params = _sampling_params(body, model, n=n, max_tokens=max_tokens, logprobs=top_logprobs, prompt_logprobs=None)
     stream, include_usage = _stream_fields(body)
     return ChatRequest(name, messages, get_bool(body, "add_generation_prompt", True), params, stream,
                        include_usage, get_bool(body, "return_token_ids", False))
 
 
-def _prompts(value: object, vocab_size: int) -> list[str | list[int]]:
-    """A string, a list of strings, a list of token ids, or a list of token-id lists."""
+def _prompts(value: object, vocab_size: int, max_prompts: int) -> list[str | list[int]]:
+    """A string, a list of strings, a list of token ids, or a list of at most ``max_prompts`` of either
+    (counted before any prompt is looked at, so a million prompts cost no more than their count)."""
     if isinstance(value, str):
         return [value]
+    if isinstance(value, list) and value and isinstance(value[0], (str, list)) and len(value) > max_prompts:
+        raise invalid("prompt", f"holds {len(value)} prompts; this server takes at most {max_prompts} per request "
+                                "(--max-prompts-per-request)")
     if isinstance(value, list) and value:
         if all(isinstance(p, str) for p in value):
             return list(value)

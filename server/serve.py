@@ -17,6 +17,7 @@ from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
 from pegboard.core.config import DEFAULT_MODEL, EngineConfig
 from pegboard.core.errors import InvalidParameterError
 from pegboard.server.connection_flags import add_connection_arguments, connection_limits_from_args
+from pegboard.server.request_limit_flags import add_request_limit_arguments, request_limits_from_args
 from pegboard.server.served_name import default_served_name
 
 logger = logging.getLogger("pegboard.server")
@@ -37,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                        help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV})")
     group.add_argument("--max-waiting-requests", type=int, default=1024,
-                       help="requests allowed to wait beyond --max-num-seqs before answering 503 (default: 1024)")
+                       help="sequences allowed to wait beyond --max-num-seqs before answering 503; a request "
+                            "counts n x prompts (default: 1024)")
+    add_request_limit_arguments(group)
     group.add_argument("--shutdown-timeout", type=float, default=30.0,
                        help="seconds in-flight requests may run after SIGTERM/SIGINT; then streams end with an "
                             "error event and [DONE], other requests get 503 (default: 30)")
@@ -59,12 +62,15 @@ def main(args: argparse.Namespace, board: Any) -> int:
         if value < 0:
             raise InvalidParameterError(f"{flag} must be >= 0, got {value}")
     limits = connection_limits_from_args(args)
+    request_limits = request_limits_from_args(args)
     names = tuple(args.served_model_name or (default_served_name(args.model),))
     config = EngineConfig(model=args.model, **engine_kwargs_from_args(args))
     config.extra["served_model_name"] = names[0]  # the metrics' model_name label
-    engine = AsyncLLMEngine.from_config(config, board, max_waiting_requests=args.max_waiting_requests)
+    engine = AsyncLLMEngine.from_config(config, board, core_process=True,  # the model lives in a child process
+                                        max_waiting_requests=args.max_waiting_requests)
     try:
-        app = build_app(engine, names, api_key=args.api_key, chat_template=read_chat_template(args.chat_template))
+        app = build_app(engine, names, api_key=args.api_key, chat_template=read_chat_template(args.chat_template),
+                        limits=request_limits)
         server = GracefulServer(ServerConfig(
             app, limits, host=args.host, port=args.port, log_level=args.log_level, ssl_keyfile=args.ssl_keyfile,
             ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=args.shutdown_timeout),

@@ -9,7 +9,8 @@ from typing import Any
 from starlette.requests import Request
 
 from pegboard.core.async_engine import AsyncLLMEngine
-from pegboard.server.protocol import ServedModel
+from pegboard.core.token_bytes import TokenBytes
+from pegboard.server.protocol import RequestLimits, ServedModel
 
 
 @dataclass
@@ -20,16 +21,30 @@ class ServerState:
     model: ServedModel
     tokenizer: Any  # None with --skip-tokenizer-init
     chat_template: str | None = None  # overrides the tokenizer's
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    token_bytes: TokenBytes | None = None  # each token's exact bytes (None without a tokenizer)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def of(cls, engine: AsyncLLMEngine, served_model_names: tuple[str, ...], chat_template: str | None = None
-           ) -> "ServerState":
+    def of(cls, engine: AsyncLLMEngine, served_model_names: tuple[str, ...], chat_template: str | None = None,
+           limits: RequestLimits | None = None) -> "ServerState":
         """The state for serving ``engine`` under the given names."""
         core = engine.engine
-        model = ServedModel(names=served_model_names, vocab_size=core.hf_config.vocab_size,
-                            max_model_len=core.max_model_len, grammars=frozenset(core.board.grammars.names()))
-        return cls(engine, model, core.tokenizer, chat_template)
+        model = ServedModel(names=served_model_names, vocab_size=core.model_info.vocab_size,
+                            max_model_len=core.max_model_len, grammars=frozenset(core.board.grammars.names()),
+                            longest_token_chars=longest_token_chars(core.tokenizer))
+        return cls(engine, model, core.tokenizer, chat_template, limits or RequestLimits(), core.output_processor.token_bytes)
+
+    def bytes_of(self, token_id: int) -> bytes | None:
+        """A token's exact bytes (None without a tokenizer)."""
+        return None if self.token_bytes is None else self.token_bytes(token_id)
+
+
+def longest_token_chars(tokenizer: Any) -> int | None:
+    """Characters of the tokenizer's longest vocabulary entry, added tokens included (None without one)."""
+    if tokenizer is None:
+        return None
+    return max(len(piece) for piece in tokenizer.get_vocab())
 
 
 def state_of(request: Request) -> ServerState:

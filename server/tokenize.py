@@ -28,15 +28,15 @@ async def completion_prompts(state: ServerState, prompts: list[str | list[int]])
     """Tokenize string prompts (with special tokens, as ``LLM.generate`` does); token ids pass through."""
     if any(isinstance(p, str) for p in prompts):
         _need_tokenizer(state, "prompt", "send the prompt as token ids")
-    return [PromptInput(await _encode(state, p, True), p) if isinstance(p, str) else PromptInput(p, None)
-            for p in prompts]
+    return [PromptInput(await _encode(state, p, True, "prompt"), p) if isinstance(p, str)
+            else PromptInput(p, None) for p in prompts]
 
 
 async def chat_prompt(state: ServerState, messages: list[dict[str, str]], add_generation_prompt: bool
                       ) -> PromptInput:
     """The chat template applied to the messages, tokenized without special tokens (as ``LLM.chat`` does)."""
     text = await render_chat(state, messages, add_generation_prompt)
-    return PromptInput(await _encode(state, text, False), text)
+    return PromptInput(await _encode(state, text, False, "messages"), text)
 
 
 async def render_chat(state: ServerState, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
@@ -68,6 +68,19 @@ def check_context(state: ServerState, num_prompt_tokens: int, max_tokens: int | 
                        code="context_length_exceeded")
 
 
+def check_prompt_chars(state: ServerState, text: str, param: str) -> None:
+    """400 before tokenizing when the text has more characters than max_model_len tokens can hold (each token
+    spells at most as many characters as the tokenizer's longest token): an oversized prompt costs its bytes,
+    not a tokenization."""
+    model = state.model
+    if model.longest_token_chars is not None and len(text) > model.max_model_len * model.longest_token_chars:
+        raise APIError(400, f"This model's maximum context length is {model.max_model_len} tokens, and the {param} "
+                            f"has {len(text)} characters, more than that many tokens can spell (at most "
+                            f"{model.longest_token_chars} characters each, the tokenizer's longest token). Please "
+                            f"reduce the length of the {param}.",
+                       param=param, code="context_length_exceeded")
+
+
 def decode(state: ServerState, token_ids: list[int]) -> str:
     """Text of token ids (``token_id:N`` strings without a tokenizer)."""
     if state.tokenizer is None:
@@ -89,7 +102,7 @@ async def tokenize(request: Request) -> JSONResponse:
     else:
         raise invalid("prompt", "must be a string (or send 'messages')")
     _need_tokenizer(state, "prompt", "this server cannot tokenize")
-    ids = await _encode(state, text, special)
+    ids = await _encode(state, text, special, "messages" if body.get("messages") is not None else "prompt")
     strs = state.tokenizer.convert_ids_to_tokens(ids) if get_bool(body, "return_token_strs", False) else None
     return JSONResponse({"count": len(ids), "max_model_len": state.model.max_model_len, "tokens": ids,
                          "token_strs": strs})
@@ -113,6 +126,8 @@ def _need_tokenizer(state: ServerState, param: str, hint: str) -> Any:
     return state.tokenizer
 
 
-async def _encode(state: ServerState, text: str, add_special_tokens: bool) -> list[int]:
+async def _encode(state: ServerState, text: str, add_special_tokens: bool, param: str) -> list[int]:
+    """Token ids of ``text`` (off the event loop), after the character-length check."""
+    check_prompt_chars(state, text, param)
     return list(await asyncio.to_thread(lambda: state.tokenizer(text, add_special_tokens=add_special_tokens)
                                         .input_ids))

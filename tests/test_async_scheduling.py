@@ -54,7 +54,7 @@ def test_async_outputs_equal_synchronous_outputs(tiny_chat_model, limits, host_h
     sync = tiny_llm(tiny_chat_model, False, **limits)
     expected = summary(sync.generate(PROMPTS, mixed_params(host_history), use_tqdm=False))
     llm = tiny_llm(tiny_chat_model, True, **limits)
-    assert llm.engine._overlap
+    assert llm.engine.core._overlap
     assert summary(llm.generate(PROMPTS, mixed_params(host_history), use_tqdm=False)) == expected
     if limits:
         assert llm.engine.scheduler.num_preemptions_total > 0
@@ -117,11 +117,13 @@ def test_penalties_make_each_step_wait_for_the_previous_tokens(tiny_chat_model):
     eng = engine(tiny_chat_model)
     eng.add_request("p", [1, 2, 3], SamplingParams(temperature=0.0, max_tokens=4, presence_penalty=1.0))
     eng.step()
-    assert eng._in_flight is not None and eng._num_host_history_requests == 1
-    eng.step()  # collects the prefill's token before launching the next step
-    assert eng.requests["p"].num_output_tokens == 1
+    assert eng.core._in_flight is not None
+    counts = eng.executor.runner.sampler.counts
+    assert counts.counted["p"] == 0
+    eng.step()  # the next step waits for the prefill's token before it samples: the penalty counts it
+    assert counts.counted["p"] == 1
 
 
 def test_async_scheduling_is_off_by_default_on_the_cpu(tiny_chat_model):
     eng = LLMEngine(EngineConfig(model=str(tiny_chat_model), load_format="dummy", device="cpu"))
-    assert not eng._overlap
+    assert not eng.core._overlap

@@ -103,7 +103,7 @@ def test_a_failing_step_ends_its_requests_and_the_engine_serves_on(tiny_llama_di
     assert "failed" in output.error and "boom" not in output.error  # the client learns no internals
     assert [r.getMessage() for r in caplog.records if r.name == "pegboard.engine"] == [
         "a step of 1 requests failed, ending them: ValueError: boom"]
-    assert engine.block_manager.num_free_blocks == free_blocks and not engine.groups and not engine.requests
+    assert engine.block_manager.num_free_blocks == free_blocks and not engine.output_processor.groups and not engine.scheduler.requests
     after = run(engine, {"a1": GREEDY, "a2": GREEDY})
     assert [o.outputs[0].token_ids for o in after.values()] == [o.outputs[0].token_ids for o in before.values()]
 

@@ -8,11 +8,13 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from pegboard.core.block_manager import BlockManager
 from pegboard.core.config import EngineConfig
 from pegboard.core.engine import LLMEngine, StepStats
+from pegboard.core.errors import PluginError
 from pegboard.core.hookspecs import hookimpl
 from pegboard.core.model_files import ModelFiles, resolve_model
 from pegboard.core.outputs import RequestOutput
@@ -73,7 +75,7 @@ def test_model_sources_turn_a_model_name_into_files(tiny_llama_dir):
 
     engine = start_engine("tiny-test-llama", Plugin())
     assert engine.files.source == "tiny"
-    assert engine.hf_config.hidden_size == 64
+    assert engine.core.hf_config.hidden_size == 64
     assert [len(tokens) for tokens in generate(engine, PROMPTS)] == [6, 6]
 
 
@@ -263,13 +265,56 @@ def test_samplers_choose_the_next_tokens(tiny_llama_dir):
 class BanTokens:
     """Bans the token ids a request lists in ``SamplingParams.extra["ban_token_ids"]``."""
 
+    follows_tokens = False  # the bans do not depend on the tokens generated so far
+
     def __init__(self, *, vocab_size, device, config):
         self.vocab_size, self.device, self.config = vocab_size, device, config
+        self.banned: dict[str, list[int]] = {}  # request id -> its banned tokens
 
-    def __call__(self, logits, requests):  # logits: [N, V], one row per request
-        for row, request in enumerate(requests):
-            banned = request.sampling_params.extra.get("ban_token_ids", [])
-            logits[row, banned] = float("-inf")
+    def add_request(self, request_id, params, prompt_token_ids):
+        banned = params.extra.get("ban_token_ids")
+        if banned:
+            self.banned[request_id] = banned
+        return bool(banned)  # follow only the requests that ban something
+
+    def accept_tokens(self, request_id, token_ids):
+        pass
+
+    def remove_request(self, request_id):
+        del self.banned[request_id]
+
+    def apply(self, logits, request_ids):  # logits: [N, V], one row per request
+        for row, request_id in enumerate(request_ids):
+            logits[row, self.banned.get(request_id, [])] = float("-inf")
+        return logits
+
+
+class NoRepeat:
+    """Forbids each request to repeat its previous token: it follows the tokens every request accepts."""
+
+    follows_tokens = True
+
+    def __init__(self, *, vocab_size, device, config):
+        self.last: dict[str, int | None] = {}
+        self.removed: list[str] = []
+
+    def add_request(self, request_id, params, prompt_token_ids):
+        if not params.extra.get("no_repeat"):
+            return False
+        self.last[request_id] = prompt_token_ids[-1]
+        return True
+
+    def accept_tokens(self, request_id, token_ids):
+        self.last[request_id] = token_ids[-1]
+
+    def remove_request(self, request_id):
+        self.removed.append(request_id)
+        del self.last[request_id]
+
+    def apply(self, logits, request_ids):
+        for row, request_id in enumerate(request_ids):
+            if request_id in self.last:
+                logits[row, self.last[request_id]] = float("-inf")
         return logits
 
 
@@ -280,13 +325,49 @@ def test_logits_processors_edit_the_logits_before_sampling(tiny_llama_dir):
             register("ban-tokens", BanTokens)
 
     engine = start_engine(tiny_llama_dir, Plugin())
-    [processor] = engine.executor.runner.logits_processors
+    [processor] = engine.executor.runner.logits_processors.processors
     assert isinstance(processor, BanTokens) and processor.config is engine.config
     assert processor.vocab_size == 256
     [free_choice] = generate(engine, PROMPTS[:1])
     banned = free_choice[0]
     [constrained] = generate(engine, PROMPTS[:1], GREEDY.clone(extra={"ban_token_ids": [banned]}))
     assert constrained[0] != banned and banned not in constrained
+    assert processor.banned == {}  # told when the request finished
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_a_processor_follows_each_request_from_added_to_removed(tiny_llama_dir, async_scheduling):
+    """With async scheduling a step waits for the tokens a following processor needs; results are the same."""
+    class Plugin:
+        @hookimpl
+        def register_logits_processors(self, register):
+            register("no-repeat", NoRepeat)
+
+    engine = start_engine(tiny_llama_dir, Plugin(), async_scheduling=async_scheduling)
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, extra={"no_repeat": True})
+    followed, free = generate(engine, [[5, 5, 5], [6, 6]], params), generate(engine, [[5, 5, 5]])
+    assert all(a != b for tokens in followed for a, b in zip(tokens, tokens[1:]))
+    assert followed[0][0] != 5 and free[0] != followed[0]
+    [processor] = engine.executor.runner.logits_processors.processors
+    assert sorted(processor.removed) == ["0", "1"] and processor.last == {}
+    assert engine.core._overlap == async_scheduling  # async scheduling stays on with a processor loaded
+
+
+def test_a_processor_without_the_lifecycle_is_refused_by_name(tiny_llama_dir):
+    class Legacy:
+        def __init__(self, *, vocab_size, device, config):
+            pass
+
+        def __call__(self, logits, requests):
+            return logits
+
+    class Plugin:
+        @hookimpl
+        def register_logits_processors(self, register):
+            register("legacy", Legacy)
+
+    with pytest.raises(PluginError, match="logits processor 'Legacy' lacks"):
+        start_engine(tiny_llama_dir, Plugin())
 
 
 # ---- grammars (no engine code calls this family yet) ----------------------------------------------------
@@ -422,12 +503,10 @@ class RecordingExecutor:
         return self.inner.num_kv_blocks
 
     def execute(self, scheduled):
-        self.batches.append(scheduled.num_new_tokens)
+        if not scheduled.is_empty:
+            self.batches.append(tuple(scheduled.num_scheduled_tokens.values()))
+        self.freed.extend(scheduled.finished_request_ids)  # the worker forgets them
         return self.inner.execute(scheduled)
-
-    def free(self, request_ids):
-        self.freed.extend(request_ids)
-        self.inner.free(request_ids)
 
 
 def test_executors_run_each_step(tiny_llama_dir):

@@ -1,4 +1,5 @@
-"""The scheduler, block manager and request types are pure Python: they import without torch."""
+"""The scheduler, block manager, request types, messages and the front end's output processing are pure Python:
+they import without torch."""
 
 import subprocess
 import sys
@@ -15,6 +16,14 @@ TORCH_FREE_MODULES = [
     "pegboard.core.model_files",
     "pegboard.core.commands",
     "pegboard.core.cli",
+    # the step contract and the front end's side of it
+    "pegboard.core.messages",
+    "pegboard.core.model_info",
+    "pegboard.core.worker_state",
+    "pegboard.core.logits_processors",
+    "pegboard.core.launched_step",
+    "pegboard.core.output_processor",
+    "pegboard.core.core_client",
 ]
 
 

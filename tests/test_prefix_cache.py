@@ -22,7 +22,7 @@ from pegboard.core.plugins import load_board
 from pegboard.core.prefix_cache import PrefixCachingBlockManager
 from pegboard.core.request import Request, RequestStatus
 from pegboard.core.sampling_params import SamplingParams
-from pegboard.core.scheduler import Scheduler
+from pegboard.core.scheduler import Scheduler, fake_model_output
 from pegboard.plugins.loader_dummy import DummyLoader
 
 BS = 4  # tokens per block in the unit tests
@@ -168,12 +168,7 @@ def run_to_completion(scheduler: Scheduler, max_steps: int = 10_000) -> None:
             return
         out = scheduler.schedule()
         assert not out.is_empty, "scheduler stalled with unfinished requests"
-        scheduler.on_step_launched(out)
-        for request in out.requests:
-            if request.num_computed_tokens == request.num_tokens:
-                request.append_token(7)
-                if request.num_output_tokens >= request.max_tokens:
-                    scheduler.finish(request, RequestStatus.FINISHED_LENGTH)
+        scheduler.update_from_output(out, fake_model_output(scheduler, out))
     raise AssertionError("did not finish")
 
 
@@ -255,7 +250,8 @@ def shared_prefix_prompts() -> list[list[int]]:
 
 
 @pytest.mark.parametrize("one_by_one, options, hits", [
-    (False, {}, False),  # all start in the first step, before any block is computed: nothing to share
+    # all start in the first step, before any block is computed: nothing to share
+    (False, {"max_num_batched_tokens": 2048}, False),
     (True, {}, True),
     (False, {"max_num_batched_tokens": 24}, True),  # chunked prefill: later requests start after earlier chunks
     (False, {"num_kv_blocks": 10}, True),  # 160 slots for ~700 tokens of work: preemption

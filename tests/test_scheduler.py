@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pegboard.core.block_manager import BlockManager
+from pegboard.core.messages import CachedRequestData, NewRequestData, RunnerOutput
 from pegboard.core.request import Request, RequestStatus
 from pegboard.core.sampling_params import SamplingParams
-from pegboard.core.scheduler import Scheduler
+from pegboard.core.scheduler import Scheduler, fake_model_output
 
 
 def make_request(rid: str, prompt_len: int, max_tokens: int) -> Request:
@@ -23,17 +24,13 @@ def run_to_completion(scheduler: Scheduler, max_steps: int = 10_000) -> list:
             return outputs
         out = scheduler.schedule()
         assert not out.is_empty, "scheduler stalled with unfinished requests"
-        assert out.num_batched_tokens <= scheduler.max_num_batched_tokens
-        assert len(out.requests) <= scheduler.max_num_seqs
-        for request, n in zip(out.requests, out.num_new_tokens):
-            bm = scheduler.block_manager
-            assert len(request.block_table) * bm.block_size >= request.num_computed_tokens + n
-        scheduler.on_step_launched(out)
-        for request in out.requests:
-            if request.num_computed_tokens == request.num_tokens:  # the chunk reached the end: sample
-                request.append_token(7)
-                if request.num_output_tokens >= request.max_tokens:
-                    scheduler.finish(request, RequestStatus.FINISHED_LENGTH)
+        assert out.total_num_scheduled_tokens <= scheduler.max_num_batched_tokens
+        assert len(out.num_scheduled_tokens) <= scheduler.max_num_seqs
+        bm = scheduler.block_manager
+        for request_id in out.num_scheduled_tokens:
+            request = scheduler.requests[request_id]  # already advanced past this step's tokens
+            assert len(request.block_table) * bm.block_size >= request.num_computed_tokens
+        scheduler.update_from_output(out, fake_model_output(scheduler, out))
         outputs.append(out)
     raise AssertionError("did not finish")
 
@@ -56,12 +53,10 @@ def test_decodes_and_prefills_share_one_token_budget():
     scheduler = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=10)
     scheduler.add_request(make_request("long", 25, 3))
     first = scheduler.schedule()
-    assert first.num_new_tokens == (10,)  # chunked prefill: only the budget's worth
-    scheduler.on_step_launched(first)
+    assert first.num_scheduled_tokens == {"long": 10}  # chunked prefill: only the budget's worth
     scheduler.add_request(make_request("short", 4, 3))
     second = scheduler.schedule()
-    assert [r.request_id for r in second.requests] == ["long"]  # the running request takes the whole budget
-    assert second.num_new_tokens == (10,)
+    assert second.num_scheduled_tokens == {"long": 10}  # the running request takes the whole budget
 
 
 def test_every_request_completes_under_small_budget_and_few_blocks():
@@ -93,7 +88,7 @@ def test_max_num_seqs_caps_running_requests():
     for i in range(5):
         scheduler.add_request(make_request(f"r{i}", 3, 2))
     out = scheduler.schedule()
-    assert len(out.requests) == 2 and scheduler.num_waiting == 3
+    assert len(out.num_scheduled_tokens) == 2 and scheduler.num_waiting == 3
 
 
 def test_finish_releases_blocks_of_waiting_and_running_requests():
@@ -113,3 +108,74 @@ def test_finish_releases_blocks_of_waiting_and_running_requests():
 def test_block_manager_rejects_empty_pools(bad):
     with pytest.raises(ValueError):
         BlockManager(**bad)
+
+
+# ---- the messages: diffs keyed by request id ---------------------------------------------------------------
+
+
+def test_the_worker_gets_a_request_whole_once_then_only_its_new_blocks():
+    scheduler = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=6)
+    scheduler.add_request(make_request("a", 10, 3))
+    first = scheduler.schedule()
+    [new] = first.new_requests
+    assert new == NewRequestData("a", tuple(range(1, 11)), (), new.sampling_params, None, new.block_ids, 0)
+    assert len(new.block_ids) == 2 and first.cached_requests == ()  # 6 tokens in blocks of 4
+    second = scheduler.schedule()
+    assert second.new_requests == ()
+    assert second.cached_requests == (CachedRequestData("a", (scheduler.requests["a"].block_table[2],), 6),)
+
+
+def test_finished_requests_are_named_in_the_next_step():
+    scheduler = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=64)
+    scheduler.add_request(make_request("a", 3, 1))
+    scheduler.add_request(make_request("b", 3, 5))
+    out = scheduler.schedule()
+    [done, running] = scheduler.update_from_output(out, RunnerOutput(("a", "b"), ((7,), (7,))))
+    assert (done.request_id, done.new_token_ids, done.finish_reason) == ("a", (7,), "length")
+    assert (running.request_id, running.finish_reason) == ("b", None)
+    assert scheduler.schedule().finished_request_ids == {"a"}
+    assert scheduler.schedule().finished_request_ids == frozenset()  # told once
+
+
+def test_a_request_resumed_after_preemption_is_sent_whole_with_its_tokens():
+    bm = BlockManager(num_blocks=3, block_size=4)
+    scheduler = Scheduler(bm, max_num_seqs=2, max_num_batched_tokens=64)
+    a, b = make_request("a", 4, 8), make_request("b", 4, 8)
+    scheduler.add_request(a)
+    scheduler.add_request(b)
+    resumed = []
+    for _ in range(40):
+        out = scheduler.schedule()
+        resumed += [r for r in out.new_requests if r.output_token_ids]
+        scheduler.update_from_output(out, fake_model_output(scheduler, out))
+        if not scheduler.has_unfinished_requests():
+            break
+    assert resumed and all(r.num_computed_tokens == 0 and set(r.output_token_ids) == {7} for r in resumed)
+    assert a.output_token_ids == b.output_token_ids == [7] * 8
+
+
+def test_proposed_tokens_get_kv_slots_and_rejected_ones_are_rewound():
+    proposals = {"a": (7, 8, 9)}
+    scheduler = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=64,
+                          propose=lambda requests: [proposals.get(r.request_id, ()) for r in requests],
+                          num_spec_tokens=3)
+    request = make_request("a", 5, 10)
+    scheduler.add_request(request)
+    prefill = scheduler.schedule()
+    scheduler.update_from_output(prefill, RunnerOutput(("a",), ((6,),)))  # the proposer then guesses 7 8 9
+    verify = scheduler.schedule()
+    assert verify.num_scheduled_tokens == {"a": 4} and verify.spec_token_ids == {"a": (7, 8, 9)}
+    assert request.num_computed_tokens == 9  # the 5 + 1 real tokens and the 3 proposals
+    # 7 and 8 were right, 9 was not (the model said 4 there): tokens 7 8 4 are accepted, 9's KV is rewound
+    [out] = scheduler.update_from_output(verify, RunnerOutput(("a",), ((7, 8, 4),)))
+    assert out.new_token_ids == (7, 8, 4) and request.output_token_ids == [6, 7, 8, 4]
+    assert request.num_computed_tokens == request.num_tokens - 1 == 8
+
+
+def test_a_stop_among_accepted_tokens_drops_the_rest():
+    scheduler = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=64)
+    request = Request("a", [1, 2], SamplingParams(max_tokens=10, stop_token_ids=[8]), max_tokens=10)
+    scheduler.add_request(request)
+    out = scheduler.schedule()
+    [result] = scheduler.update_from_output(out, RunnerOutput(("a",), ((7, 8, 9),)))
+    assert result.new_token_ids == (7, 8) and (result.finish_reason, result.stop_reason) == ("stop", 8)

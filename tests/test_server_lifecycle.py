@@ -207,7 +207,7 @@ def test_a_client_that_disconnects_aborts_its_request_and_frees_its_blocks(tiny_
             body = json.dumps({**LONG, "n": 2}).encode()
             client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            wait_for(lambda: engine.num_pending == 1)
+            wait_for(lambda: engine.num_pending == 2)  # its n=2 sequences
             client.close()
         wait_for(lambda: all_blocks_free(engine))
         assert recorder.finished == []  # aborted, not finished

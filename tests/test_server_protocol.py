@@ -7,7 +7,8 @@ import pytest
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.outputs import CompletionOutput
 from pegboard.server.errors import APIError
-from pegboard.server.protocol import ServedModel, parse_chat_request, parse_completion_request
+from pegboard.server.protocol import (DEFAULT_MAX_PROMPTS, DEFAULT_MAX_SEQUENCES, MAX_N, RequestLimits, ServedModel,
+                                      parse_chat_request, parse_completion_request)
 from pegboard.server.streaming import ChoiceStream
 
 MODEL = ServedModel(names=("m", "alias"), vocab_size=100, max_model_len=64, grammars=frozenset())
@@ -53,6 +54,27 @@ def test_chat_messages_become_template_input():
                                {"role": "assistant", "content": "", "name": "bot"}]
     assert parsed.params.max_tokens == 4 and parsed.params.logprobs == 0
     assert parse_chat_request({"messages": body["messages"]}, MODEL).params.max_tokens is None
+
+
+def test_prompts_and_n_x_prompts_are_capped_per_request():
+    limits = RequestLimits(max_prompts=3, max_sequences=4)
+    for body, param in [({"prompt": ["a"] * 4}, "prompt"), ({"prompt": [[1]] * 4}, "prompt"),
+                        ({"prompt": ["a", "b"], "n": 3}, "n"), ({"prompt": "a", "n": 5}, "n")]:
+        with pytest.raises(InvalidParameterError) as error:
+            parse_completion_request(body, MODEL, limits)
+        assert error.value.param == param
+    assert parse_completion_request({"prompt": [1] * 50}, MODEL, limits).prompts == [[1] * 50]  # one prompt
+    assert parse_completion_request({"prompt": ["a", "b"], "n": 2}, MODEL, limits).params.n == 2
+    with pytest.raises(InvalidParameterError, match="at most 4 per request") as error:
+        parse_chat_request({"messages": [{"role": "user", "content": "hi"}], "n": 5}, MODEL, limits)
+    assert error.value.param == "n"
+
+
+def test_the_default_caps_allow_the_largest_n_and_a_batch_of_prompts():
+    assert MAX_N <= DEFAULT_MAX_SEQUENCES and DEFAULT_MAX_PROMPTS <= DEFAULT_MAX_SEQUENCES
+    assert parse_completion_request({"prompt": "a", "n": MAX_N}, MODEL).params.n == MAX_N
+    with pytest.raises(InvalidParameterError, match="1000000 prompts"):
+        parse_completion_request({"prompt": [[1]] * 1_000_000}, MODEL)
 
 
 def test_an_unknown_model_is_404_and_an_alias_is_fine():

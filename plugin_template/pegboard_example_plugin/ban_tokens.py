@@ -1,14 +1,20 @@
-"""The logits processor: -inf for the banned token ids of every request in the batch."""
+"""The logits processor: -inf for the banned token ids of every request in the batch (docs/hooks.md has the
+LogitsProcessor interface: a request lifecycle, then apply() on each step's rows)."""
 
 from __future__ import annotations
 
 import torch
 
+from typing import Sequence
+
 from pegboard.core.errors import InvalidParameterError
+from pegboard.core.sampling_params import SamplingParams
 
 
 class BanTokens:
-    """Called once per step with the logits of the rows to sample ([N, V]) and their requests."""
+    """Bans the same token ids in every request: it follows all of them, and needs none of their tokens."""
+
+    follows_tokens = False  # apply() does not read the tokens requests generate
 
     def __init__(self, token_ids: list[int], *, vocab_size: int, device: torch.device | str) -> None:
         bad = [t for t in token_ids if not 0 <= t < vocab_size]
@@ -17,7 +23,17 @@ class BanTokens:
                                         param="ban_token_ids")
         self.token_ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long, device=device)
 
-    def __call__(self, logits: torch.Tensor, requests: list) -> torch.Tensor:
-        if len(self.token_ids):
-            logits[:, self.token_ids] = float("-inf")
+    def add_request(self, request_id: str, params: SamplingParams, prompt_token_ids: Sequence[int]) -> bool:
+        """Follow every request when there is anything to ban."""
+        return len(self.token_ids) > 0
+
+    def accept_tokens(self, request_id: str, token_ids: Sequence[int]) -> None:
+        """Nothing to track: the bans never change."""
+
+    def remove_request(self, request_id: str) -> None:
+        """Nothing to forget."""
+
+    def apply(self, logits: torch.Tensor, request_ids: Sequence[str]) -> torch.Tensor:
+        """-inf for the banned tokens in every row ([N, V]) of the step."""
+        logits[:, self.token_ids] = float("-inf")
         return logits

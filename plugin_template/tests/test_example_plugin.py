@@ -9,6 +9,7 @@ import pegboard_example_plugin
 from pegboard.core.cli import build_parser
 from pegboard.core.cli_args import engine_kwargs_from_args
 from pegboard.core.config import EngineConfig
+from pegboard.core.sampling_params import SamplingParams
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.plugins import load_board
 
@@ -29,14 +30,14 @@ def test_banned_tokens_are_never_the_most_likely(board):
     processor = factory(vocab_size=8, device="cpu", config=EngineConfig(extra={"ban_token_ids": [3, 5]}))
     logits = torch.zeros(2, 8)
     logits[:, 3] = 10.0
-    out = processor(logits, requests=[None, None])
+    assert processor.add_request("r", SamplingParams(), [1, 2])  # it follows every request
+    out = processor.apply(logits, ["r", "r"])
     assert torch.isinf(out[:, [3, 5]]).all() and (out.argmax(dim=-1) != 3).all()
 
 
-def test_without_banned_tokens_the_logits_pass_unchanged(board):
+def test_without_banned_tokens_no_request_is_followed(board):
     processor = board.logits_processors.get("example_ban_tokens")(vocab_size=8, device="cpu", config=EngineConfig())
-    logits = torch.randn(2, 8)
-    assert torch.equal(processor(logits.clone(), requests=[None, None]), logits)
+    assert not processor.add_request("r", SamplingParams(), [1, 2])  # nothing to ban: it follows no request
 
 
 def test_token_ids_outside_the_vocabulary_are_rejected(board):

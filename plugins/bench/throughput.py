@@ -373,7 +373,7 @@ def main(args: argparse.Namespace) -> int:
     if "pegboard" in backends:
         llm, startup_s = start_pegboard(engine_kwargs)
         engine = llm.engine
-        info = model_info(engine.files, engine.hf_config, engine.tokenizer, engine.config)
+        info = model_info(engine.files, engine.core.hf_config, engine.tokenizer, engine.config)
         requests = build_requests(args, info)
         check_fits(requests, engine.max_model_len)
         results.append(run_pegboard(llm, requests, startup_s))

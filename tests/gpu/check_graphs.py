@@ -36,7 +36,7 @@ def greedy(path: str, enforce_eager: bool, prompts: list[list[int]], dtype: str)
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     used_graphs = llm.engine.executor.runner.decode_graphs is not None
-    llm_overlapped = llm.engine._overlap
+    llm_overlapped = llm.engine.core._overlap
     del llm
     torch.cuda.empty_cache()
     assert used_graphs != enforce_eager and llm_overlapped != enforce_eager

@@ -29,13 +29,10 @@ def llama8b_config_dir() -> str:
 
 def decode_steps(engine: LLMEngine, count: int) -> None:
     """Run ``count`` decode steps straight through the scheduler and runner (no detokenizing or outputs)."""
-    runner = engine.executor.runner
+    runner, scheduler = engine.executor.runner, engine.scheduler
     for _ in range(count):
-        scheduled = engine.scheduler.schedule()
-        result = runner.execute(scheduled)
-        engine.scheduler.on_step_launched(scheduled)
-        for rid, token in zip(result.request_ids, result.token_ids):
-            engine.requests[rid].append_token(token)
+        scheduled = scheduler.schedule()
+        scheduler.update_from_output(scheduled, runner.execute(scheduled))
 
 
 def main() -> None:
@@ -51,7 +48,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     for i in range(args.batch):
         engine.add_request(str(i), torch.randint(0, 128000, (args.context,), generator=g).tolist(), params)
-    while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.requests.values()):
+    while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()):
         engine.step()  # prefill everything
     runner = engine.executor.runner
     phases = {"schedule": 0.0, "execute": 0.0, "update": 0.0}
@@ -63,9 +60,7 @@ def main() -> None:
         t1 = time.perf_counter()
         result = runner.execute(scheduled)
         t2 = time.perf_counter()
-        engine.scheduler.on_step_launched(scheduled)
-        for rid, token in zip(result.request_ids, result.token_ids):
-            engine.requests[rid].append_token(token)
+        engine.scheduler.update_from_output(scheduled, result)
         t3 = time.perf_counter()
         phases["schedule"] += t1 - t0
         phases["execute"] += t2 - t1

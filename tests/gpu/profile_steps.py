@@ -29,9 +29,11 @@ class StepKinds:
         schedule = engine.scheduler.schedule
 
         def classified_schedule():
-            scheduled = schedule()
-            prompt = any(r.num_computed_tokens < r.num_prompt_tokens for r in scheduled.requests)
-            self.kinds.append(("prompt" if prompt else "decode", len(scheduled.requests)))
+            scheduled = schedule()  # the requests are advanced past the step's tokens already
+            requests = engine.scheduler.requests
+            prompt = any(requests[r].num_computed_tokens - n < requests[r].num_prompt_tokens
+                         for r, n in scheduled.num_scheduled_tokens.items())
+            self.kinds.append(("prompt" if prompt else "decode", len(scheduled.num_scheduled_tokens)))
             return scheduled
 
         engine.scheduler.schedule = classified_schedule
@@ -73,7 +75,7 @@ def main() -> None:
         t[2] += rows
     print(f"{torch.cuda.get_device_name()}: {args.num_prompts} x {args.input_len} in / {args.output_len} out: "
           f"{total:.2f} s, {args.num_prompts * args.output_len / total:.0f} output tok/s "
-          f"(async scheduling {'on' if engine._overlap else 'off'})")
+          f"(async scheduling {'on' if engine.core._overlap else 'off'})")
     for kind, (count, wall, rows) in totals.items():
         print(f"  calls launching {kind:6s} steps: {count:5d}, {wall:7.2f} s, {wall / count * 1e3:6.1f} ms per call, "
               f"{rows / count:.0f} rows per step")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pegboard.core.config import EngineConfig
+from pegboard.core.grammar_processor import grammar_spec
 from pegboard.core.model_info import ModelInfo, check_prompt
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.messages import EngineCoreOutputs, EngineGauges
@@ -109,6 +110,7 @@ class LLMEngine:
         else:
             text, ids = None, list(prompt)
         check_prompt(ids, self.model_info)
+        grammar_spec(params, self.board.grammars)  # a grammar nothing provides is refused here, by name
         requests = self.output_processor.add_request(request_id, text, ids, params, self.eos_token_id,
                                                      arrival_time=arrival_time, final_output_only=final_output_only)
         try:

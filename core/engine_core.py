@@ -198,6 +198,8 @@ class EngineCore:
                 launched = _StepInFlight(scheduled, self._launch(scheduled), prompt_tokens)
             except Exception as exc:
                 failed = self._fail(scheduled, exc)
+        elif scheduled.finished_request_ids:  # nothing to run: the worker still learns whom to forget
+            self._launch(scheduled)
         previous, self._in_flight = self._in_flight, None
         outputs = self._collect(previous, started) if previous is not None else None
         if launched is not None:

@@ -17,6 +17,7 @@ from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
 from pegboard.core.profile_run import activation_peak
+from pegboard.core.grammar_processor import GrammarProcessor
 from pegboard.core.logits_processors import LogitsProcessors
 from pegboard.core.messages import RunnerOutput, SchedulerOutput, TokenLogprobs
 from pegboard.core.launched_step import LaunchedStep
@@ -120,9 +121,12 @@ class ModelRunner:
         self._wants_host_tokens: set[str] = set()  # requests whose rows need their previous tokens on the host
         self._staging = HostStaging(self.device, torch.long)
         self._staging32 = HostStaging(self.device, torch.int32)
-        self.logits_processors = LogitsProcessors(
-            [factory(vocab_size=self.vocab_size, device=self.device, config=config)
-             for _, factory in board.logits_processors.items()])
+        processors = [factory(vocab_size=self.vocab_size, device=self.device, config=config)
+                      for _, factory in board.logits_processors.items()]
+        if board.grammars.names():  # guided decoding: a matcher per request that asks for a registered grammar
+            processors.append(GrammarProcessor(board.grammars, vocab_size=self.vocab_size, device=self.device,
+                                               eos_token_id=lambda rid: self.batch.requests[rid].eos_token_id))
+        self.logits_processors = LogitsProcessors(processors)
 
     @property
     def num_kv_blocks(self) -> int:

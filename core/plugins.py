@@ -16,6 +16,7 @@ import pluggy
 from pegboard.core import hookspecs
 from pegboard.core.commands import AddArguments, Command, Run
 from pegboard.core.errors import PluginError, PluginLoadError
+from pegboard.core.interfaces import INSTANCE_FAMILIES, interface, require
 
 logger = logging.getLogger("pegboard.plugins")
 
@@ -37,6 +38,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pegboard.plugins.plain_block_allocator",
     "pegboard.plugins.prefix_caching_allocator",
     "pegboard.plugins.uniproc_executor",
+    "pegboard.plugins.ngram_proposer",
     "pegboard.plugins.prometheus_metrics",
     "pegboard.plugins.plugins_command",
     "pegboard.plugins.generate_command",
@@ -78,8 +80,21 @@ class Registry:
                 f"plugin {owner!r} registered {self.family} {name!r}, "
                 f"which plugin {self.owners[name]!r} already registered"
             )
+        if self.family in INSTANCE_FAMILIES:  # the entry is the object the engine calls: checked now
+            require(obj, interface(self.family), kind=self.kind, name=name, owner=owner)
         self._items[name] = obj
         self.owners[name] = owner
+
+    @property
+    def kind(self) -> str:
+        """What one entry is, in words: ``model_sources`` -> ``model source``."""
+        return self.family.replace("_", " ")[:-1]
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the factory named ``name`` and check what it built against the family's interface."""
+        obj = self.get(name)(*args, **kwargs)
+        require(obj, interface(self.family), kind=self.kind, name=name, owner=self.owners[name])
+        return obj
 
     def callback(self, owner: str) -> Callable[..., None]:
         """The ``register(name, obj)`` function that one plugin's discovery hook receives."""

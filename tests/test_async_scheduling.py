@@ -127,3 +127,24 @@ def test_penalties_make_each_step_wait_for_the_previous_tokens(tiny_chat_model):
 def test_async_scheduling_is_off_by_default_on_the_cpu(tiny_chat_model):
     eng = LLMEngine(EngineConfig(model=str(tiny_chat_model), load_format="dummy", device="cpu"))
     assert not eng.core._overlap
+
+
+def finish(eng: LLMEngine, request_id: str, prompt: list[int], params: SamplingParams) -> list[int]:
+    """Add one request and step until nothing is left; its token ids."""
+    eng.add_request(request_id, prompt, params)
+    final = []
+    while eng.has_unfinished_requests():
+        final += [o.outputs[0].token_ids for o in eng.step() if o.finished]
+    return final[0]
+
+
+def test_a_request_id_used_again_after_it_finished_starts_afresh(tiny_chat_model):
+    """A request that stops on a token ends while the next step is in flight; the worker still forgets it (with
+    no step left to carry the news), so the id's next request starts with nothing of the old one."""
+    eng = engine(tiny_chat_model)
+    greedy = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    probe = finish(eng, "probe", [1, 2, 3], greedy)
+    stopping = greedy.clone(stop_token_ids=[probe[2]])
+    for _ in range(2):
+        assert finish(eng, "r", [1, 2, 3], stopping) == probe[:3]
+        assert eng.executor.runner.batch.requests == {}

@@ -14,7 +14,7 @@ import torch
 from pegboard.core.block_manager import BlockManager
 from pegboard.core.config import EngineConfig
 from pegboard.core.engine import LLMEngine, StepStats
-from pegboard.core.errors import PluginError
+from pegboard.core.errors import InvalidParameterError, PluginError
 from pegboard.core.hookspecs import hookimpl
 from pegboard.core.model_files import ModelFiles, resolve_model
 from pegboard.core.outputs import RequestOutput
@@ -370,7 +370,7 @@ def test_a_processor_without_the_lifecycle_is_refused_by_name(tiny_llama_dir):
         start_engine(tiny_llama_dir, Plugin())
 
 
-# ---- grammars (no engine code calls this family yet) ----------------------------------------------------
+# ---- grammars ----------------------------------------------------
 
 
 class TokenChoiceGrammar:
@@ -419,7 +419,32 @@ def test_grammars_mask_tokens_step_by_step():
     assert matcher.accepted in choices
 
 
-# ---- proposers (no engine code calls this family yet) ----------------------------------------------------
+@pytest.mark.parametrize("async_scheduling", [False, True], ids=["sync", "async"])
+def test_a_grammar_constrains_a_request_through_the_engine(tiny_llama_dir, async_scheduling):
+    class Plugin:
+        @hookimpl
+        def register_grammars(self, register):
+            register("token_choice", TokenChoiceGrammar())
+
+    engine = start_engine(tiny_llama_dir, Plugin(), async_scheduling=async_scheduling)
+    choices = [[5, 6, 7], [5, 9], [11, 3]]
+    eos = engine.eos_token_id
+    for seed in range(4):
+        params = SamplingParams(temperature=1.0, seed=seed, max_tokens=10,
+                                extra={"grammar": {"kind": "token_choice", "spec": choices}})
+        [tokens] = generate(engine, PROMPTS[:1], params)
+        assert tokens[:-1] in choices and tokens[-1] == eos  # a choice, then the end once the grammar allows it
+    [free] = generate(engine, PROMPTS[:1])  # requests without a grammar are not constrained
+    assert free[:-1] not in choices
+
+
+def test_a_grammar_kind_nothing_provides_is_refused_by_name(tiny_llama_dir):
+    engine = start_engine(tiny_llama_dir)
+    with pytest.raises(InvalidParameterError, match="no grammar plugin is registered for kind 'regex'"):
+        engine.add_request("x", [1, 2], SamplingParams(extra={"grammar": {"kind": "regex", "spec": "a+"}}))
+
+
+# ---- proposers (see tests/test_speculative_decoding.py for the engine end to end) ----------------------------------------------------
 
 
 class PromptLookupProposer:

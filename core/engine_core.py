@@ -60,7 +60,6 @@ class _StepInFlight:
 
     scheduled: SchedulerOutput
     launched: LaunchedStep  # its tokens, on their way to the host
-    prompt_tokens: int  # prefill tokens it computes, for the stats
 
 
 class EngineCore:
@@ -193,9 +192,8 @@ class EngineCore:
         failed: list[EngineCoreOutput] = []
         launched = None
         if not scheduled.is_empty:
-            prompt_tokens = self._prompt_tokens(scheduled)
             try:
-                launched = _StepInFlight(scheduled, self._launch(scheduled), prompt_tokens)
+                launched = _StepInFlight(scheduled, self._launch(scheduled))
             except Exception as exc:
                 failed = self._fail(scheduled, exc)
         elif scheduled.finished_request_ids:  # nothing to run: the worker still learns whom to forget
@@ -210,7 +208,9 @@ class EngineCore:
         self._flush_finished()
         if failed:
             outputs = self._merge(outputs, EngineCoreOutputs(tuple(failed)))
-        return EngineCoreOutputs(outputs.outputs if outputs else (), outputs and outputs.stats, self.gauges())
+        if outputs is None:
+            return EngineCoreOutputs((), None, self.gauges())
+        return EngineCoreOutputs(outputs.outputs, outputs.stats, self.gauges())
 
     def gauges(self) -> EngineGauges:
         """How full the core is now."""
@@ -235,7 +235,8 @@ class EngineCore:
         accepted = sum(len(t) - 1 for r, t in zip(result.request_ids, result.token_ids)
                        if r in step.scheduled.spec_token_ids)
         stats = SchedulerStats(
-            step_time=time.perf_counter() - started, num_prompt_tokens=step.prompt_tokens, num_generation_tokens=sum(len(o.new_token_ids) for o in outputs),
+            step_time=time.perf_counter() - started, num_prompt_tokens=step.scheduled.num_prompt_tokens,
+            num_generation_tokens=sum(len(o.new_token_ids) for o in outputs),
             num_preempted=step.scheduled.num_preempted, num_batched_tokens=step.scheduled.total_num_scheduled_tokens,
             num_spec_proposed=proposed, num_spec_accepted=accepted)
         return EngineCoreOutputs(tuple(outputs), stats)
@@ -250,15 +251,6 @@ class EngineCore:
         logger.debug("traceback of the failed step", exc_info=exc)
         message = f"the engine step computing this request failed ({type(exc).__name__})"
         return [EngineCoreOutput(r.request_id, (), finish_reason="error", error=message) for r in failed]
-
-    def _prompt_tokens(self, scheduled: SchedulerOutput) -> int:
-        """Prompt tokens among a step's tokens (the scheduler has already advanced the requests past them)."""
-        total = 0
-        for request_id, n in scheduled.num_scheduled_tokens.items():
-            request = self.scheduler.requests[request_id]
-            start = request.num_computed_tokens - n
-            total += max(0, min(start + n, request.num_prompt_tokens) - start)
-        return total
 
     @staticmethod
     def _merge(first: EngineCoreOutputs | None, second: EngineCoreOutputs) -> EngineCoreOutputs:

@@ -70,6 +70,7 @@ class SchedulerOutput:
     spec_token_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
     finished_request_ids: frozenset[str] = frozenset()  # the worker forgets their state
     num_preempted: int = 0
+    num_prompt_tokens: int = 0  # of the scheduled tokens, those of prompts (prefill), for the stats
 
     @property
     def request_ids(self) -> tuple[str, ...]:

@@ -114,38 +114,35 @@ class Scheduler:
                 self.running.append(request)
                 scheduled[request.request_id] = tokens
                 budget -= tokens
-        output = self._message(scheduled, spec, preempted)
-        self._advance(scheduled, spec)
-        return output
+        return self._commit(scheduled, spec, preempted)
 
-    def _message(self, scheduled: dict[str, int], spec: dict[str, tuple[int, ...]], preempted: int
-                 ) -> SchedulerOutput:
-        """The step as the worker sees it: whole state for requests it does not hold, block diffs for the rest."""
+    def _commit(self, scheduled: dict[str, int], spec: dict[str, tuple[int, ...]], preempted: int
+                ) -> SchedulerOutput:
+        """The step as the worker sees it (whole state for requests it does not hold, block diffs for the rest);
+        every scheduled request then moves past the tokens its step computes, and one that reaches the end
+        of its sequence gets a pending token (sampled, not yet here)."""
         new, cached = [], []
-        for request_id in scheduled:
+        prompt_tokens = 0
+        for request_id, tokens in scheduled.items():
             request = self.requests[request_id]
             table = request.block_table
+            start = request.num_computed_tokens
             sent = self._blocks_sent.get(request_id)
             if sent is None:
                 new.append(NewRequestData(request_id, tuple(request.prompt_token_ids), tuple(request.output_token_ids),
-                                          request.sampling_params, request.eos_token_id, tuple(table),
-                                          request.num_computed_tokens))
+                                          request.sampling_params, request.eos_token_id, tuple(table), start))
             else:
-                cached.append(CachedRequestData(request_id, tuple(table[sent:]), request.num_computed_tokens))
+                cached.append(CachedRequestData(request_id, tuple(table[sent:]), start))
             self._blocks_sent[request_id] = len(table)
             self._on_worker.add(request_id)
-        finished, self._finished_ids = frozenset(self._finished_ids), set()
-        return SchedulerOutput(tuple(new), tuple(cached), scheduled, spec, finished, preempted)
-
-    def _advance(self, scheduled: dict[str, int], spec: dict[str, tuple[int, ...]]) -> None:
-        """Move every scheduled request past the tokens its step computes, as soon as the step is planned."""
-        for request_id, tokens in scheduled.items():
-            request = self.requests[request_id]
+            prompt_tokens += max(0, min(start + tokens, request.num_prompt_tokens) - start)
             samples = request.samples_after(tokens - len(spec.get(request_id, ())))
-            request.num_computed_tokens += tokens
+            request.num_computed_tokens = start + tokens
             if samples:
                 request.num_pending_tokens += 1
             self.block_manager.on_tokens_computed(request)
+        finished, self._finished_ids = frozenset(self._finished_ids), set()
+        return SchedulerOutput(tuple(new), tuple(cached), scheduled, spec, finished, preempted, prompt_tokens)
 
     def _preempt(self, request: Request) -> None:
         """Free the request's blocks and send it back to the front of the queue to recompute later."""

@@ -71,6 +71,7 @@ class SchedulerOutput:
     finished_request_ids: frozenset[str] = frozenset()  # the worker forgets their state
     num_preempted: int = 0
     num_prompt_tokens: int = 0  # of the scheduled tokens, those of prompts (prefill), for the stats
+    step: int = 0  # the scheduler's count of steps planned, this one included
 
     @property
     def request_ids(self) -> tuple[str, ...]:

@@ -334,7 +334,7 @@ class ModelRunner:
                     logprobs.append(tuple(flat_logprobs[row:row + len(chosen)]))
                 row += width
                 state.num_pending_tokens -= 1
-                if state.request_id in self.batch.requests:  # not forgotten meanwhile
+                if self.batch.requests.get(state.request_id) is state:  # not forgotten (nor its id reused) meanwhile
                     state.append_tokens(chosen)
                     self.logits_processors.accept_tokens(state.request_id, chosen)
             return RunnerOutput(tuple(s.request_id for s in requests), tuple(token_ids),

@@ -8,6 +8,7 @@ caller to abort in the core. Every RequestOutput is a snapshot: it shares no lis
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -17,6 +18,8 @@ from pegboard.core.messages import EngineCoreOutput, EngineCoreOutputs, EngineCo
 from pegboard.core.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from pegboard.core.sampling_params import SamplingParams
 from pegboard.core.token_bytes import TokenBytes
+
+RECENT_CORE_IDS = 65536  # core ids remembered for reuse: far more sequences than can be in flight at once
 
 
 class _Sequence:
@@ -78,6 +81,7 @@ class OutputProcessor:
         self.tokenizer = tokenizer
         self.groups: dict[str, _Group] = {}
         self._sequences: dict[str, tuple[_Group, _Sequence]] = {}  # core request id -> its group and sequence
+        self._recent_core_ids: OrderedDict[str, int] = OrderedDict()  # core id -> times used, least recent first
 
     @cached_property
     def token_bytes(self) -> TokenBytes | None:
@@ -98,7 +102,7 @@ class OutputProcessor:
             child_params = params
             if params.n > 1 and params.seed is not None:
                 child_params = params.clone(seed=params.seed + index)
-            child_id = request_id if params.n == 1 else f"{request_id}#{index}"
+            child_id = self._fresh_core_id(request_id if params.n == 1 else f"{request_id}#{index}")
             detokenizer = IncrementalDetokenizer(self.tokenizer, prompt_token_ids, params.skip_special_tokens,
                                                  params.stop, params.include_stop_str_in_output)
             sequence = _Sequence(child_id, index, detokenizer, child_params, arrival)
@@ -107,6 +111,15 @@ class OutputProcessor:
             requests.append(EngineCoreRequest(child_id, tuple(prompt_token_ids), child_params, eos_token_id, arrival))
         self.groups[request_id] = group
         return requests
+
+    def _fresh_core_id(self, core_id: str) -> str:
+        """``core_id``, or ``core_id@k`` when a recent sequence had it: a step still in flight for the earlier one
+        (or its outputs still on their way from a core process) can then never reach the new one."""
+        uses = self._recent_core_ids.pop(core_id, 0)
+        self._recent_core_ids[core_id] = uses + 1
+        if len(self._recent_core_ids) > RECENT_CORE_IDS:
+            self._recent_core_ids.popitem(last=False)
+        return core_id if not uses else f"{core_id}@{uses}"
 
     def abort_request(self, request_id: str) -> list[str]:
         """Forget a request; returns its unfinished core sequences (to abort in the core)."""

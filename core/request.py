@@ -53,6 +53,7 @@ class Request:
         self.num_computed_tokens = 0
         self.num_pending_tokens = 0  # sampled by a step still running on the device, not yet in all_token_ids
         self.spec_token_ids: tuple[int, ...] = ()  # proposed to follow the sequence, verified by its next step
+        self.added_after_step = 0  # steps the scheduler had planned when it arrived (older steps are not its)
         self.block_table: list[int] = []
         self.num_cached_tokens = 0  # prompt tokens found in the prefix cache
         self.num_preemptions = 0

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from pegboard.core.block_manager import BlockManager
+from pegboard.core.interfaces import BlockAllocator
 from pegboard.core.messages import (CachedRequestData, EngineCoreOutput, NewRequestData, RunnerOutput,
                                     SchedulerOutput)
 from pegboard.core.request import Request, RequestStatus
@@ -27,7 +27,7 @@ Propose = Callable[[list[Request]], list[tuple[int, ...]]]
 class Scheduler:
     """Decides each step's batch under ``max_num_batched_tokens`` and ``max_num_seqs``, and applies its results."""
 
-    def __init__(self, block_manager: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int,
+    def __init__(self, block_manager: BlockAllocator, *, max_num_seqs: int, max_num_batched_tokens: int,
                  propose: Propose | None = None, num_spec_tokens: int = 0) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
@@ -41,10 +41,12 @@ class Scheduler:
         self._blocks_sent: dict[str, int] = {}  # request id -> blocks of its table the worker holds (none: send whole)
         self._on_worker: set[str] = set()  # requests whose state the worker holds (preempted ones too)
         self._finished_ids: set[str] = set()  # finished since the last step: the worker forgets them next step
+        self._num_steps = 0  # steps planned so far
 
     def add_request(self, request: Request) -> None:
         """Queue a request (its length was checked by the engine)."""
         request.status = RequestStatus.WAITING
+        request.added_after_step = self._num_steps
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
@@ -142,7 +144,9 @@ class Scheduler:
                 request.num_pending_tokens += 1
             self.block_manager.on_tokens_computed(request)
         finished, self._finished_ids = frozenset(self._finished_ids), set()
-        return SchedulerOutput(tuple(new), tuple(cached), scheduled, spec, finished, preempted, prompt_tokens)
+        self._num_steps += 1
+        return SchedulerOutput(tuple(new), tuple(cached), scheduled, spec, finished, preempted, prompt_tokens,
+                               step=self._num_steps)
 
     def _preempt(self, request: Request) -> None:
         """Free the request's blocks and send it back to the front of the queue to recompute later."""
@@ -164,8 +168,8 @@ class Scheduler:
         growing: list[Request] = []  # unfinished requests that gained tokens: the proposer's next inputs
         for request_id, token_ids, rows in zip(output.request_ids, output.token_ids, logprobs):
             request = self.requests.get(request_id)
-            if request is None:  # finished or aborted while the step ran: its tokens are discarded
-                continue
+            if request is None or request.added_after_step >= scheduled.step:  # finished or aborted while the
+                continue  # step ran (its id maybe taken by a newer request): its tokens are discarded
             proposed = len(scheduled.spec_token_ids.get(request_id, ()))
             request.num_computed_tokens -= proposed - (len(token_ids) - 1)  # the KV of rejected proposals
             new_ids = self._append(request, token_ids)
@@ -179,7 +183,8 @@ class Scheduler:
             for request, proposed in zip(growing, self.propose(growing)):
                 request.spec_token_ids = proposed
         for request_id, rows in output.prompt_logprobs.items():  # prompt chunks that sampled nothing yet
-            if request_id not in sampled and request_id in self.requests:
+            request = self.requests.get(request_id)
+            if request_id not in sampled and request is not None and request.added_after_step < scheduled.step:
                 outputs.append(EngineCoreOutput(request_id, (), None, rows))
         return outputs
 

@@ -148,3 +148,56 @@ def test_a_request_id_used_again_after_it_finished_starts_afresh(tiny_chat_model
     for _ in range(2):
         assert finish(eng, "r", [1, 2, 3], stopping) == probe[:3]
         assert eng.executor.runner.batch.requests == {}
+
+
+class Recorder:
+    """A logits processor that follows every request and records the tokens it is told each one accepted."""
+
+    follows_tokens = True
+
+    def __init__(self, *, vocab_size, device, config):
+        self.accepted: dict[str, list[int]] = {}
+
+    def add_request(self, request_id, params, prompt_token_ids):
+        self.accepted[request_id] = []
+        return True
+
+    def accept_tokens(self, request_id, token_ids):
+        self.accepted[request_id].extend(token_ids)
+
+    def remove_request(self, request_id):
+        pass
+
+    def apply(self, logits, request_ids):
+        return logits
+
+
+def test_an_id_taken_again_while_its_last_step_runs_gets_none_of_that_steps_tokens(tiny_chat_model):
+    """The engine core and its worker keep a step's tokens from a newer request with the same id: the scheduler
+    applies a step only to requests that were there when it was planned, the worker only to its own state.
+    (The front end also gives a reused id a fresh core id.)"""
+    from pegboard.core.hookspecs import hookimpl
+    from pegboard.core.messages import EngineCoreRequest
+    from pegboard.core.plugins import load_board
+
+    class Plugin:
+        @hookimpl
+        def register_logits_processors(self, register):
+            register("recorder", Recorder)
+
+    eng = LLMEngine(EngineConfig(model=str(tiny_chat_model), load_format="dummy", device="cpu", async_scheduling=True),
+                    board=load_board(plugins=[Plugin()]))
+    greedy = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    probe = finish(eng, "probe", [1, 2, 3], greedy)
+    request = EngineCoreRequest("r", (1, 2, 3), greedy.clone(stop_token_ids=[probe[2]]), None, 0.0)
+    core = eng.core
+    core.add_request(request)
+    while not any(o.finished for o in core.step().outputs):
+        pass
+    assert core._in_flight is not None  # the first "r"'s next step still runs: its token is on its way
+    core.add_request(request)  # the id again, at once
+    tokens = []
+    while core.has_unfinished_requests():
+        tokens += [t for o in core.step().outputs for t in o.new_token_ids]
+    [recorder] = eng.executor.runner.logits_processors.processors
+    assert tokens == probe[:3] and recorder.accepted["r"] == tokens

@@ -9,7 +9,7 @@ cache and attends over each request's whole context.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -45,10 +45,12 @@ class KVCacheSpec:
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * element
 
 
+@runtime_checkable
 class AttentionBackend(Protocol):
     """Paged attention plus KV-cache writes; registered through ``register_attention_backends``."""
 
     name: str
+    supports_cuda_graphs: bool  # True: a CudaGraphAttentionBackend, whose decode steps CUDA graphs may capture
 
     def __init__(self, spec: KVCacheSpec, *, num_heads: int, scale: float, device: torch.device) -> None:
         """Allocate the KV cache for ``spec`` on ``device``."""
@@ -58,6 +60,15 @@ class AttentionBackend(Protocol):
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, metadata: Any) -> torch.Tensor:
         """Store k, v ([T, Hkv, D]) of ``layer`` in the cache and return attention output [T, H, D] for q."""
+
+
+@runtime_checkable
+class CudaGraphAttentionBackend(AttentionBackend, Protocol):
+    """A backend that declares ``supports_cuda_graphs``: its decode metadata can live in persistent tensors."""
+
+    def decode_metadata(self, slot_mapping: torch.Tensor, block_tables: torch.Tensor,
+                        context_lens: torch.Tensor) -> Any:
+        """Metadata of a decode-only batch over persistent tensors that graph replays refill (slot -1: padding)."""
 
 
 @dataclass

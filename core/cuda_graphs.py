@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
-
 import torch
 
-from pegboard.core.attention import AttentionContext
+from pegboard.core.attention import AttentionContext, CudaGraphAttentionBackend
 
 logger = logging.getLogger("pegboard.cuda_graphs")
 
@@ -34,7 +32,7 @@ def batch_buckets(max_batch: int) -> list[int]:
 class DecodeGraphs:
     """Captured decode forwards, one per bucket, sharing one memory pool and one set of input buffers."""
 
-    def __init__(self, model: torch.nn.Module, backend: Any, *, max_batch: int, max_blocks: int,
+    def __init__(self, model: torch.nn.Module, backend: CudaGraphAttentionBackend, *, max_batch: int, max_blocks: int,
                  device: torch.device) -> None:
         self.model = model
         self.backend = backend

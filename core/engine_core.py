@@ -7,10 +7,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from pegboard.core.batch_defaults import default_max_num_batched_tokens
 from pegboard.core.config import EngineConfig
 from pegboard.core.errors import InvalidParameterError, PluginError, is_device_failure
+from pegboard.core.interfaces import BlockAllocator, Executor, LaunchingExecutor, Proposer
 from pegboard.core.model_info import ModelInfo, check_prompt
 from pegboard.core.messages import (EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest, EngineGauges,
                                     RunnerOutput, SchedulerOutput, SchedulerStats)
@@ -76,10 +78,10 @@ class EngineCore:
         self.max_num_batched_tokens = (config.max_num_batched_tokens
                                        or default_max_num_batched_tokens(config.device, self.max_model_len))
         config.max_num_batched_tokens = self.max_num_batched_tokens  # resolved for the executor
-        self.executor = self.board.executors.get(config.executor)(
-            config, self.board, self.files, loader, self.hf_config, self.max_model_len)
-        self.block_manager = self.board.block_allocators.get(config.block_allocator)(
-            self.executor.num_kv_blocks, config.block_size)
+        self.executor: Executor = self.board.executors.build(
+            config.executor, config, self.board, self.files, loader, self.hf_config, self.max_model_len)
+        self.block_manager: BlockAllocator = self.board.block_allocators.build(
+            config.block_allocator, self.executor.num_kv_blocks, config.block_size)
         self.proposer = self._proposer()
         self.scheduler = Scheduler(self.block_manager, max_num_seqs=config.max_num_seqs,
                                    max_num_batched_tokens=self.max_num_batched_tokens,
@@ -110,19 +112,19 @@ class EngineCore:
 
         Speculative decoding turns it off: how many tokens a step accepts decides the next step's inputs."""
         wanted = self.config.async_scheduling
-        if wanted is False or not hasattr(self.executor, "launch"):
+        if wanted is False or not self.executor.supports_launch:
             return False
         if self.proposer is not None:
             if wanted:
                 logger.warning("async scheduling is off: speculative decoding needs each step's tokens first")
             return False
-        return bool(wanted) or bool(getattr(self.executor, "queues_work", False))
+        return bool(wanted) or cast(LaunchingExecutor, self.executor).queues_work
 
-    def _proposer(self):
+    def _proposer(self) -> Proposer | None:
         if not self.config.num_speculative_tokens:
             return None
-        factory = self.board.proposers.get(proposer_name(self.config, self.board))
-        return factory(config=self.config, num_speculative_tokens=self.config.num_speculative_tokens)
+        return self.board.proposers.build(proposer_name(self.config, self.board), config=self.config,
+                                          num_speculative_tokens=self.config.num_speculative_tokens)
 
     def _propose(self, requests: list[Request]) -> list[tuple[int, ...]]:
         """Proposed tokens for the requests whose sampling a verification keeps exact; () for the others."""
@@ -218,9 +220,8 @@ class EngineCore:
         return EngineGauges(scheduler.num_running, scheduler.num_waiting, self.block_manager.usage)
 
     def _launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
-        launch = getattr(self.executor, "launch", None)
-        if launch is not None:
-            return launch(scheduled)
+        if self.executor.supports_launch:  # checked at start: a LaunchingExecutor
+            return cast(LaunchingExecutor, self.executor).launch(scheduled)
         result = self.executor.execute(scheduled)  # an executor without launch(): a finished step
         return LaunchedStep(lambda: result)
 

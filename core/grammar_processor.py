@@ -2,8 +2,10 @@
 grammar gets a matcher that follows its accepted tokens and masks its logits to what the grammar allows; the
 end-of-sequence token is allowed exactly when the grammar can end.
 
-A plain per-row mask from ``allowed_token_ids()``: the packed-bitmask kernel of the structured-outputs issue
-replaces it without changing this lifecycle.
+Each step packs the allowed tokens of every guided row into one int32 bitmask (kernels/token_bitmask.py: bit j
+of word w allows token 32 w + j), uploads it once and masks the logits in place: a Triton kernel on CUDA, the
+torch reference elsewhere. Matchers that can fill a bitmask row themselves (``fill_bitmask(words)``, a
+[ceil(V / 32)] int32 tensor on the host) skip the Python list of ``allowed_token_ids()``.
 """
 
 from __future__ import annotations
@@ -67,15 +69,46 @@ class GrammarProcessor:
     def apply(self, logits, request_ids: Sequence[str]):
         import torch
 
-        for row, request_id in enumerate(request_ids):
-            matcher = self.matchers.get(request_id)
-            if matcher is None:
-                continue
-            allowed = list(matcher.allowed_token_ids())
-            eos = self.eos_token_id(request_id)
-            if matcher.is_finished() and eos is not None:
-                allowed.append(eos)
-            mask = torch.full((logits.shape[1],), float("-inf"), device=logits.device, dtype=logits.dtype)
-            mask[torch.tensor(allowed, dtype=torch.long, device=logits.device)] = 0.0
-            logits[row] += mask
-        return logits
+        guided = [(row, rid) for row, rid in enumerate(request_ids) if rid in self.matchers]
+        if not guided:
+            return logits
+        bitmask = torch.zeros(len(guided), -(-logits.shape[1] // 32), dtype=torch.int32)
+        for i, (_, request_id) in enumerate(guided):
+            self._fill(bitmask[i], request_id, logits.shape[1])
+        rows = torch.tensor([row for row, _ in guided], dtype=torch.long)
+        pinned = logits.device.type == "cuda"
+        bitmask, rows = (t.pin_memory().to(logits.device, non_blocking=True) if pinned else t for t in (bitmask, rows))
+        if pinned:
+            from pegboard.kernels.token_bitmask import apply_token_bitmask
+        else:
+            from pegboard.kernels.reference import apply_token_bitmask_ref as apply_token_bitmask
+        return apply_token_bitmask(logits, bitmask, rows)
+
+    def _fill(self, words, request_id: str, vocab_size: int) -> None:
+        """Set the bits of the tokens the request's grammar allows now (EOS once it can end)."""
+        import torch
+
+        matcher = self.matchers[request_id]
+        fill = getattr(matcher, "fill_bitmask", None)
+        if fill is not None:
+            fill(words)
+        else:
+            allowed = torch.zeros(words.numel() * 32, dtype=torch.bool)
+            allowed[list(matcher.allowed_token_ids())] = True
+            words.copy_(pack_bits(allowed))
+        eos = self.eos_token_id(request_id)
+        if eos is not None and eos < vocab_size and matcher.is_finished():
+            words[eos // 32] |= _bit(eos % 32)
+
+
+def pack_bits(allowed) -> "torch.Tensor":
+    """[32 W] bool -> [W] int32 words, bit j of word w for token 32 w + j."""
+    import torch
+
+    weights = torch.tensor([1 << j for j in range(32)], dtype=torch.int64)
+    return (allowed.view(-1, 32).long() * weights).sum(-1).to(torch.int32)
+
+
+def _bit(j: int) -> int:
+    """Bit j of an int32 word, as a Python int torch accepts (bit 31 is the sign)."""
+    return (1 << j) - (1 << 32 if j == 31 else 0)

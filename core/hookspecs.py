@@ -9,9 +9,18 @@ with its registered object's interface.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import pluggy
+
+if TYPE_CHECKING:  # annotations only: plugins import this module, which imports nothing heavy
+    import argparse
+
+    from starlette.applications import Starlette
+
+    from pegboard.core.async_engine import AsyncLLMEngine
+    from pegboard.core.engine import LLMEngine, StepStats
+    from pegboard.core.outputs import RequestOutput
 
 PROJECT_NAME = "pegboard"
 
@@ -77,27 +86,27 @@ def register_executors(register: Register) -> None:
 
 
 @hookspec
-def add_cli_arguments(parser: Any, command: str) -> None:
+def add_cli_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """Add arguments to the ``pegboard COMMAND`` argument parser."""
 
 
 @hookspec
-def on_engine_start(engine: Any) -> None:
+def on_engine_start(engine: LLMEngine) -> None:
     """Observe an engine that has loaded its model and is ready to step."""
 
 
 @hookspec
-def on_step_end(stats: Any, engine: Any) -> None:
+def on_step_end(stats: StepStats, engine: LLMEngine) -> None:
     """Observe one step of ``engine`` through its batch-level ``StepStats``."""
 
 
 @hookspec
-def on_request_finished(output: Any, engine: Any) -> None:
+def on_request_finished(output: RequestOutput, engine: LLMEngine) -> None:
     """Observe a request of ``engine`` that finished, through its final ``RequestOutput``."""
 
 
 @hookspec
-def register_routes(app: Any, engine: Any) -> None:
+def register_routes(app: Starlette, engine: AsyncLLMEngine) -> None:
     """Add HTTP routes to the server's Starlette ``app`` (e.g. ``/metrics``); ``engine`` is the AsyncLLMEngine."""
 
 

@@ -145,7 +145,7 @@ class Grammar(Protocol):
 
 @runtime_checkable
 class Proposer(Protocol):
-    """Guesses requests' next tokens for speculative decoding; built as ``factory(config=, num_speculative_tokens=)``."""
+    """Guesses requests' next tokens (speculative decoding); built as ``factory(config=, num_speculative_tokens=)``."""
 
     def propose(self, requests: Sequence[Request]) -> list[list[int]]:
         """Up to k proposed tokens per request (from ``request.all_token_ids``), [] for no guess."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
-from pegboard.core.errors import PluginError
+from pegboard.core.interfaces import require
 from pegboard.core.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class LogitsProcessor(Protocol):
     def remove_request(self, request_id: str) -> None:
         """The request finished; forget it."""
 
-    def apply(self, logits: "torch.Tensor", request_ids: Sequence[str]) -> "torch.Tensor":
+    def apply(self, logits: torch.Tensor, request_ids: Sequence[str]) -> torch.Tensor:
         """Edit ``logits`` [N, V] (row i belongs to ``request_ids[i]``, a request with 1 + k proposed tokens has
         k + 1 rows); called only for steps holding one of its requests."""
 
@@ -42,9 +42,7 @@ class LogitsProcessors:
 
     def __init__(self, processors: list[LogitsProcessor]) -> None:
         for processor in processors:
-            if not isinstance(processor, LogitsProcessor):
-                raise PluginError(f"logits processor {type(processor).__name__!r} lacks the LogitsProcessor "
-                                  "interface (follows_tokens, add_request, accept_tokens, remove_request, apply)")
+            require(processor, LogitsProcessor, kind="logits processor")
         self.processors = processors
         self._following: dict[str, list[LogitsProcessor]] = {}  # request id -> the processors that follow it
 
@@ -61,7 +59,7 @@ class LogitsProcessors:
         """Whether a processor that reads accepted tokens follows the request."""
         return any(p.follows_tokens for p in self._following.get(request_id, ()))
 
-    def apply(self, logits: "torch.Tensor", rows: Sequence[HasRequestId]) -> "torch.Tensor":
+    def apply(self, logits: torch.Tensor, rows: Sequence[HasRequestId]) -> torch.Tensor:
         """Let each processor following a request among the rows (one per logits row) edit the logits."""
         if not self._following:
             return logits

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pegboard.core.errors import ModelNotFoundError, PluginError
 
@@ -21,6 +21,7 @@ class ModelFiles:
     source: str = ""  # which source resolved it
 
 
+@runtime_checkable
 class ModelSource(Protocol):
     """Resolves a model string to files; sources are tried by ascending ``priority``."""
 
@@ -31,6 +32,7 @@ class ModelSource(Protocol):
         it does handle it but the files cannot be had."""
 
 
+@runtime_checkable
 class ModelLoader(Protocol):
     """Turns model files into an HF config, a tokenizer and weights in HF parameter names."""
 
@@ -40,13 +42,13 @@ class ModelLoader(Protocol):
     def load_tokenizer(self, files: ModelFiles) -> Any:
         """A ``transformers`` fast tokenizer with the chat template set, or None when the files have none."""
 
-    def load_weights(self, model: "torch.nn.Module", files: ModelFiles, config: Any) -> None:
+    def load_weights(self, model: torch.nn.Module, files: ModelFiles, config: Any) -> None:
         """Fill ``model``'s parameters in place, typically via ``model.load_weights(named_tensors)``."""
 
 
 def resolve_model(sources: Any, model: str, *, revision: str | None = None) -> ModelFiles:
     """Ask each registered source, lowest priority first, for the model's files."""
-    ordered = sorted(sources.items(), key=lambda item: getattr(item[1], "priority", 100))
+    ordered = sorted(sources.items(), key=lambda item: item[1].priority)
     for _, source in ordered:
         files = source.resolve(model, revision=revision)
         if files is not None:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from pegboard.core.attention import AttentionContext, BatchLayout, KVCacheSpec
+from pegboard.core.attention import AttentionBackend, AttentionContext, BatchLayout, KVCacheSpec
 from pegboard.core.config import EngineConfig
 from pegboard.core.cuda_graphs import DecodeGraphs
 from pegboard.core.layer_factory import LayerFactory, building_with
@@ -18,6 +18,7 @@ from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
 from pegboard.core.profile_run import activation_peak
 from pegboard.core.grammar_processor import GrammarProcessor
+from pegboard.core.interfaces import Sampler
 from pegboard.core.logits_processors import LogitsProcessors
 from pegboard.core.messages import RunnerOutput, SchedulerOutput, TokenLogprobs
 from pegboard.core.launched_step import LaunchedStep
@@ -84,12 +85,11 @@ class ModelRunner:
             supported = ", ".join(board.model_architectures.names()) or "none"
             raise UnsupportedModelError(f"architecture {architecture!r} is not supported by any loaded plugin "
                                         f"(supported: {supported})")
-        factory = board.model_architectures.get(architecture)
-        scheme = board.quantization_schemes.get(config.quantization or "none")(hf_config)
+        scheme = board.quantization_schemes.build(config.quantization or "none", hf_config)
         layers = LayerFactory(scheme=scheme, dtype=self.dtype)
         started = time.perf_counter()
         with _empty_parameters(self.dtype), torch.device(self.device), building_with(layers):
-            self.model = factory(hf_config, max_positions=max_model_len)
+            self.model = board.model_architectures.build(architecture, hf_config, max_positions=max_model_len)
         with torch.no_grad():
             loader.load_weights(self.model, files, hf_config)
             process_weights_after_loading(self.model)
@@ -99,18 +99,19 @@ class ModelRunner:
 
         self.vocab_size = hf_config.vocab_size
         self.block_size = config.block_size
-        self.sampler = board.samplers.get(config.sampler)(
-            vocab_size=self.vocab_size, device=self.device, seed=config.seed)
-        backend_factory = board.attention_backends.get(self._attention_backend_name(board))
+        self.sampler: Sampler = board.samplers.build(
+            config.sampler, vocab_size=self.vocab_size, device=self.device, seed=config.seed)
+        backend_name = self._attention_backend_name(board)
         attn = self.model.layers[0].self_attn
 
-        def make_backend(spec: KVCacheSpec) -> Any:
-            return backend_factory(spec, num_heads=attn.num_heads, scale=attn.head_dim ** -0.5, device=self.device)
+        def make_backend(spec: KVCacheSpec) -> AttentionBackend:
+            return board.attention_backends.build(backend_name, spec, num_heads=attn.num_heads,
+                                                  scale=attn.head_dim ** -0.5, device=self.device)
 
         self.kv_spec = self._kv_cache_spec(make_backend)
         self.attention = make_backend(self.kv_spec)
         self.decode_graphs = None
-        if self.device.type == "cuda" and not config.enforce_eager and hasattr(self.attention, "decode_metadata"):
+        if self.device.type == "cuda" and not config.enforce_eager and self.attention.supports_cuda_graphs:
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_batch=config.max_num_seqs,
                                               max_blocks=-(-max_model_len // self.block_size), device=self.device)
             self.decode_graphs.capture()
@@ -121,8 +122,8 @@ class ModelRunner:
         self._wants_host_tokens: set[str] = set()  # requests whose rows need their previous tokens on the host
         self._staging = HostStaging(self.device, torch.long)
         self._staging32 = HostStaging(self.device, torch.int32)
-        processors = [factory(vocab_size=self.vocab_size, device=self.device, config=config)
-                      for _, factory in board.logits_processors.items()]
+        processors = [board.logits_processors.build(name, vocab_size=self.vocab_size, device=self.device, config=config)
+                      for name in board.logits_processors.names()]
         if board.grammars.names():  # guided decoding: a matcher per request that asks for a registered grammar
             processors.append(GrammarProcessor(board.grammars, vocab_size=self.vocab_size, device=self.device,
                                                eos_token_id=lambda rid: self.batch.requests[rid].eos_token_id))

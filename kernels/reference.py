@@ -102,3 +102,18 @@ def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
     """silu(x[..., :N]) * x[..., N:]."""
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
+
+
+def unpack_token_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[R, ceil(V / 32)] int32 words (bit j of word w: token 32 w + j is allowed) -> [R, V] bool."""
+    shifts = torch.arange(32, device=bitmask.device, dtype=torch.int32)
+    bits = (bitmask[:, :, None] >> shifts) & 1  # [R, W, 32]
+    return bits.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
+
+
+def apply_token_bitmask_ref(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """In place: -inf for every token of logits row rows[i] whose bit in bitmask row i is 0; returns logits."""
+    # logits: [N, V]; bitmask: [R, ceil(V / 32)] int32; rows: [R] int64 (distinct)
+    allowed = unpack_token_bitmask(bitmask, logits.shape[1])  # [R, V]
+    logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
+    return logits

@@ -42,6 +42,7 @@ class TorchAttentionBackend:
     """Reference paged attention: correct everywhere, fast enough on CPU."""
 
     name = "torch"
+    supports_cuda_graphs = False  # its metadata is built on the host every step
 
     def __init__(self, spec: KVCacheSpec, *, num_heads: int, scale: float, device: torch.device) -> None:
         self.spec = spec

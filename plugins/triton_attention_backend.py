@@ -28,6 +28,7 @@ class TritonAttentionBackend:
     """KV write + paged decode / prefill attention kernels over a [layers, slots, Hkv, D] cache."""
 
     name = "triton"
+    supports_cuda_graphs = True  # decode_metadata() over persistent tensors
 
     def __init__(self, spec: KVCacheSpec, *, num_heads: int, scale: float, device: torch.device) -> None:
         if device.type != "cuda":

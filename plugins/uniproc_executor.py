@@ -8,6 +8,8 @@ from pegboard.core.hookspecs import hookimpl
 class UniprocExecutor:
     """Runs the model in this process; a multi-process executor would keep the same methods."""
 
+    supports_launch = True  # a LaunchingExecutor (core/interfaces.py): launch() queues a step on the device
+
     def __init__(self, config, board, files, loader, hf_config, max_model_len: int) -> None:
         from pegboard.core.model_runner import ModelRunner
 

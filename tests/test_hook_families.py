@@ -198,6 +198,7 @@ class CountingAttention:
     """The built-in torch backend, recording each step's batch layout and each layer's call."""
 
     name = "counting"
+    supports_cuda_graphs = False  # no decode_metadata(): every step builds its metadata
 
     def __init__(self, spec, *, num_heads, scale, device):
         self.inner = torch_attention_backend(spec, num_heads=num_heads, scale=scale, device=device)
@@ -517,6 +518,8 @@ def test_block_allocators_hand_out_kv_blocks(tiny_llama_dir):
 
 class RecordingExecutor:
     """Wraps the in-process executor and records what it is asked to do."""
+
+    supports_launch = False  # no launch(): every step runs synchronously through execute()
 
     def __init__(self, config, board, files, loader, hf_config, max_model_len):
         self.inner = UniprocExecutor(config, board, files, loader, hf_config, max_model_len)

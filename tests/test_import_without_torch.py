@@ -15,6 +15,7 @@ TORCH_FREE_MODULES = [
     "pegboard.core.plugins",
     "pegboard.core.model_files",
     "pegboard.core.commands",
+    "pegboard.core.interfaces",
     "pegboard.core.cli",
     # the step contract and the front end's side of it
     "pegboard.core.messages",

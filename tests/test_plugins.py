@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
 import logging
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
 
-from pegboard.core import hookspecs
+from pegboard.core import hookspecs, interfaces
 from pegboard.core import plugins as board_module
 from pegboard.core.errors import PluginError, PluginLoadError
 from pegboard.core.hookspecs import hookimpl
@@ -189,10 +191,91 @@ def hookspec_names() -> list[str]:
     return [name for name, value in vars(hookspecs).items() if hasattr(value, f"{hookspecs.PROJECT_NAME}_spec")]
 
 
-def test_every_hook_is_documented_and_tested():
+class _Written:
+    """An annotation as the source spells it (``from __future__ import annotations`` keeps them as text)."""
+
+    def __init__(self, annotation: object) -> None:
+        self.text = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def rendered(name: str, function) -> str:
+    """``name(parameters) -> return``: ``inspect.signature`` of ``function`` with its annotations unquoted."""
+    signature = inspect.signature(function)
+
+    def written(annotation):
+        return annotation if annotation is inspect.Signature.empty else _Written(annotation)
+
+    signature = signature.replace(
+        parameters=[p.replace(annotation=written(p.annotation)) for p in signature.parameters.values()],
+        return_annotation=written(signature.return_annotation))
+    return f"{name}{signature}"
+
+
+def reference() -> str:
+    """docs/hooks.md with each run of whitespace made one space (a long signature may wrap after a comma)."""
+    return " ".join((ROOT / "docs" / "hooks.md").read_text().split())
+
+
+def test_every_hook_is_documented_with_its_exact_signature():
     assert set(FAMILIES.values()) < set(hookspec_names())
-    reference = (ROOT / "docs" / "hooks.md").read_text()
-    tests = "".join(path.read_text() for path in (ROOT / "tests").glob("test_*.py") if path.name != Path(__file__).name)
+    text = reference()
     for name in hookspec_names():
-        assert f"`{name}(" in reference, f"docs/hooks.md does not document {name}"
-        assert name in tests, f"no test (besides this file) uses {name}"
+        heading = f"### `{rendered(name, getattr(hookspecs, name))}`"
+        assert heading in text, f"docs/hooks.md lacks the heading {heading}"
+
+
+def hookimpl_test_files() -> dict[str, set[str]]:
+    """Hook name -> the test files in which a ``@hookimpl`` function of that name is a throwaway plugin's."""
+    def is_hookimpl(decorator: ast.expr) -> bool:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        return (target.id if isinstance(target, ast.Name) else getattr(target, "attr", None)) == "hookimpl"
+
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(is_hookimpl(d) for d in node.decorator_list):
+                found.setdefault(node.name, set()).add(path.name)
+    return found
+
+
+def test_every_hook_has_a_throwaway_plugin_test():
+    implemented = hookimpl_test_files()
+    assert [name for name in hookspec_names() if name not in implemented] == []
+
+
+def documented_protocols() -> list[type]:
+    """Every family's interface, those its capabilities require, and every Protocol of core/interfaces.py."""
+    found = {interfaces.protocol_at(path) for path in [*interfaces.INTERFACES.values(),
+                                                       *interfaces.CAPABILITIES.values()]}
+    found |= {value for value in vars(interfaces).values()
+              if isinstance(value, type) and value.__module__ == interfaces.__name__ and value._is_protocol}
+    return sorted(found, key=lambda protocol: protocol.__name__)
+
+
+def declarations(protocol: type) -> list[str]:
+    """What docs/hooks.md must show of a Protocol: its class line, and each member declared in its body as the code
+    declares it (attributes with their annotations, methods and properties with their signatures)."""
+    bases = ", ".join(base.__name__ for base in protocol.__bases__)
+    lines = [f"class {protocol.__name__}({bases}):"]
+    annotations = vars(protocol).get("__annotations__", {})
+    lines += [f"{name}: {_Written(annotation)!r}" for name, annotation in annotations.items()]
+    for name, value in vars(protocol).items():
+        if name.startswith("_") and name not in ("__init__", "__call__"):
+            continue
+        if isinstance(value, property):
+            lines.append(f"@property def {rendered(name, value.fget)}:")
+        elif inspect.isfunction(value) and value.__qualname__ == f"{protocol.__qualname__}.{name}":  # not typing's
+            lines.append(f"def {rendered(name, value)}:")
+    return lines
+
+
+def test_every_family_has_an_interface_and_the_reference_shows_each_as_the_code_declares_it():
+    assert set(interfaces.INTERFACES) == set(FAMILIES) - {"commands"}  # commands: core/commands.py's Command
+    assert interfaces.INSTANCE_FAMILIES < set(interfaces.INTERFACES)
+    text = reference()
+    for protocol in documented_protocols():
+        for line in declarations(protocol):
+            assert line in text, f"docs/hooks.md does not show {protocol.__name__}'s {line!r}"

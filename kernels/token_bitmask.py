@@ -1,0 +1,48 @@
+"""Token bitmasks for guided decoding: -inf, in place, for every token a row's grammar forbids.
+
+One packed int32 bitmask for the whole batch (bit j of word w allows token 32 w + j), uploaded once a step:
+a 49,152-token vocabulary is 6 KB a row, not the 192 KB of a float mask. ``rows`` names the logits rows the
+bitmask's rows belong to, so unconstrained rows cost nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pegboard.kernels._utils import check, check_float, check_last_dim_contiguous, check_same_device
+from pegboard.kernels.reference import apply_token_bitmask_ref  # noqa: F401  (the reference, beside the kernel)
+
+BLOCK = 1024  # tokens per program (a multiple of 32)
+
+
+@triton.jit
+def _apply_token_bitmask_kernel(logits_ptr, bitmask_ptr, rows_ptr, stride_l, stride_b, V, BLOCK: tl.constexpr):
+    mask_row = tl.program_id(0).to(tl.int64)
+    row = tl.load(rows_ptr + mask_row)
+    tokens = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = tokens < V
+    words = tl.load(bitmask_ptr + mask_row * stride_b + tokens // 32, mask=inside, other=-1)
+    forbidden = ((words >> (tokens % 32)) & 1) == 0
+    tl.store(logits_ptr + row * stride_l + tokens, tl.full([BLOCK], float("-inf"), tl.float32).to(
+        logits_ptr.dtype.element_ty), mask=inside & forbidden)
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """In place: -inf for every token of logits row rows[i] whose bit in bitmask row i is 0; returns logits."""
+    # logits: [N, V] float; bitmask: [R, ceil(V / 32)] int32; rows: [R] int64, distinct
+    check(logits.dim() == 2, f"logits must be [N, V], got {tuple(logits.shape)}")
+    check_float("logits", logits)
+    check_last_dim_contiguous("logits", logits)
+    words = -(-logits.shape[1] // 32)
+    check(bitmask.dtype == torch.int32 and bitmask.dim() == 2 and bitmask.shape[1] >= words,
+          f"bitmask must be int32 [R, >= {words}], got {bitmask.dtype} {tuple(bitmask.shape)}")
+    check_last_dim_contiguous("bitmask", bitmask)
+    check(rows.dtype == torch.int64 and rows.shape == (bitmask.shape[0],), f"rows must be int64 [{bitmask.shape[0]}]")
+    check_same_device(logits=logits, bitmask=bitmask, rows=rows)
+    if rows.numel() == 0:
+        return logits
+    _apply_token_bitmask_kernel[(rows.numel(), triton.cdiv(logits.shape[1], BLOCK))](
+        logits, bitmask, rows, logits.stride(0), bitmask.stride(0), logits.shape[1], BLOCK=BLOCK, num_warps=4)
+    return logits

@@ -104,7 +104,7 @@ def test_serve_flags_reach_the_engine_config_and_the_server():
 
 @pytest.mark.parametrize("flags, missing", [
     (["--quantization", "fp8"], "quantization scheme plugin named 'fp8'"),
-    (["--speculative-model", "[ngram]", "--num-speculative-tokens", "2"], "proposer plugin named 'ngram'"),
+    (["--speculative-model", "some/draft-model", "--num-speculative-tokens", "2"], "proposer plugin named 'draft'"),
     (["--tensor-parallel-size", "2"], "needs a multi-process executor plugin"),
     (["--executor", "ray"], "executor plugin named 'ray'"),
 ])

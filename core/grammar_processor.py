@@ -4,15 +4,17 @@ end-of-sequence token is allowed exactly when the grammar can end.
 
 Each step packs the allowed tokens of every guided row into one int32 bitmask (kernels/token_bitmask.py: bit j
 of word w allows token 32 w + j), uploads it once and masks the logits in place: a Triton kernel on CUDA, the
-torch reference elsewhere. Matchers that can fill a bitmask row themselves (``fill_bitmask(words)``, a
-[ceil(V / 32)] int32 tensor on the host) skip the Python list of ``allowed_token_ids()``.
+torch reference elsewhere. Matchers that declare ``supports_bitmask`` fill their bitmask row themselves
+(``fill_bitmask(words)``, a [ceil(V / 32)] int32 tensor on the host), skipping the Python list of
+``allowed_token_ids()`` (core/interfaces.py: GrammarMatcher, BitmaskGrammarMatcher).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from pegboard.core.errors import InvalidParameterError
+from pegboard.core.interfaces import BitmaskGrammarMatcher, GrammarMatcher, require
 from pegboard.core.sampling_params import SamplingParams
 
 GRAMMAR_FIELD = "grammar"  # SamplingParams.extra[GRAMMAR_FIELD] = {"kind": registered grammar, "spec": ...}
@@ -44,15 +46,16 @@ class GrammarProcessor:
         self.device = device
         self.eos_token_id = eos_token_id
         self.tokenizer = tokenizer
-        self.matchers: dict[str, Any] = {}
+        self.matchers: dict[str, GrammarMatcher] = {}
 
     def add_request(self, request_id: str, params: SamplingParams, prompt_token_ids: Sequence[int]) -> bool:
         spec = grammar_spec(params, self.grammars)
         if spec is None:
             return False
         kind, body = spec
-        self.matchers[request_id] = self.grammars.get(kind).compile(body, vocab_size=self.vocab_size,
-                                                                    tokenizer=self.tokenizer)
+        matcher = self.grammars.get(kind).compile(body, vocab_size=self.vocab_size, tokenizer=self.tokenizer)
+        require(matcher, GrammarMatcher, kind="grammar matcher", name=kind, owner=self.grammars.owners[kind])
+        self.matchers[request_id] = matcher
         return True
 
     def accept_tokens(self, request_id: str, token_ids: Sequence[int]) -> None:
@@ -89,9 +92,8 @@ class GrammarProcessor:
         import torch
 
         matcher = self.matchers[request_id]
-        fill = getattr(matcher, "fill_bitmask", None)
-        if fill is not None:
-            fill(words)
+        if matcher.supports_bitmask:  # checked when compiled: a BitmaskGrammarMatcher
+            cast(BitmaskGrammarMatcher, matcher).fill_bitmask(words)
         else:
             allowed = torch.zeros(words.numel() * 32, dtype=torch.bool)
             allowed[list(matcher.allowed_token_ids())] = True

@@ -122,6 +122,8 @@ class BlockAllocator(Protocol):
 class GrammarMatcher(Protocol):
     """Follows one request's tokens through its compiled grammar."""
 
+    supports_bitmask: bool  # True: a BitmaskGrammarMatcher, which fills its row of the step's bitmask itself
+
     def allowed_token_ids(self) -> Sequence[int]:
         """The tokens the grammar allows next (the rest are masked to -inf)."""
 
@@ -130,6 +132,14 @@ class GrammarMatcher(Protocol):
 
     def is_finished(self) -> bool:
         """Whether the output so far is complete (the end-of-sequence token is then allowed)."""
+
+
+@runtime_checkable
+class BitmaskGrammarMatcher(GrammarMatcher, Protocol):
+    """A matcher that declares ``supports_bitmask``: it writes the allowed tokens as bits, skipping a Python list."""
+
+    def fill_bitmask(self, words: torch.Tensor) -> None:
+        """Set bit j of ``words[w]`` ([ceil(V / 32)] int32, zeroed, on the host) for each allowed token 32 w + j."""
 
 
 @runtime_checkable
@@ -199,6 +209,7 @@ INSTANCE_FAMILIES = frozenset({"model_sources", "model_loaders", "grammars"})
 CAPABILITIES: dict[str, str] = {
     "supports_launch": "pegboard.core.interfaces:LaunchingExecutor",
     "supports_cuda_graphs": "pegboard.core.attention:CudaGraphAttentionBackend",
+    "supports_bitmask": "pegboard.core.interfaces:BitmaskGrammarMatcher",
 }
 
 

@@ -384,6 +384,8 @@ class TokenChoiceGrammar:
 class TokenChoiceMatcher:
     """Follows the tokens chosen so far through the candidate sequences."""
 
+    supports_bitmask = False  # the processor packs allowed_token_ids() into the step's bitmask
+
     def __init__(self, choices: list[list[int]]):
         self.choices = choices
         self.accepted: list[int] = []

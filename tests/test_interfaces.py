@@ -187,6 +187,68 @@ def test_a_grammar_without_compile_is_refused():
     assert "lacks compile of the Grammar interface" in board.failures[0].error and "regex" not in board.grammars
 
 
+class OneSequence:
+    """Allows exactly one token sequence; a matcher of an older plugin: it declares no supports_bitmask."""
+
+    def __init__(self, tokens: list[int]):
+        self.tokens, self.accepted = tokens, []
+
+    def allowed_token_ids(self):
+        return self.tokens[len(self.accepted):len(self.accepted) + 1]
+
+    def accept(self, token_id):
+        self.accepted.append(token_id)
+
+    def is_finished(self):
+        return self.accepted == self.tokens
+
+
+class BitmaskSequence(OneSequence):
+    """Writes each allowed token as a bit itself, and counts the rows it filled."""
+
+    supports_bitmask = True
+    filled = 0
+
+    def fill_bitmask(self, words):
+        for token_id in self.allowed_token_ids():
+            words[token_id // 32] |= 1 << token_id % 32  # the test's token ids stay below bit 31
+        BitmaskSequence.filled += 1
+
+
+def sequence_grammar(matcher_cls):
+    """A grammar plugin, registered as ``sequence``, whose matchers are ``matcher_cls``."""
+    def compile(self, spec, *, vocab_size, tokenizer=None):
+        return matcher_cls(spec)
+
+    return registering("register_grammars", "sequence", type("SequenceGrammar", (), {"compile": compile})())
+
+
+def guided(engine: LLMEngine, tokens: list[int]):
+    """Run one request guided to ``tokens``; its final CompletionOutput."""
+    grammar = {"kind": "sequence", "spec": tokens}
+    params = SamplingParams(temperature=1.0, seed=0, max_tokens=8, extra={"grammar": grammar})
+    engine.add_request("g", [1, 2, 3], params)
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += [o for o in engine.step() if o.finished]
+    return outputs[0].outputs[0]
+
+
+def test_a_matcher_that_declares_supports_bitmask_fills_its_own_rows(tiny_llama_dir):
+    engine = start_engine(tiny_llama_dir, sequence_grammar(BitmaskSequence))
+    output = guided(engine, [5, 6, 7])
+    assert output.token_ids == [5, 6, 7, engine.eos_token_id]
+    assert BitmaskSequence.filled == 4  # every step's row, the end-of-sequence one too
+
+
+def test_a_matcher_without_the_declaration_fails_its_request_naming_what_it_lacks(tiny_llama_dir, caplog):
+    engine = start_engine(tiny_llama_dir, sequence_grammar(OneSequence))
+    with caplog.at_level("ERROR", logger="pegboard.engine"):
+        assert guided(engine, [5, 6]).finish_reason == "error"
+    assert ("grammar matcher 'OneSequence' lacks supports_bitmask of the GrammarMatcher interface "
+            "(registered as 'sequence' by plugin 'Plugin')") in caplog.text
+
+
 def test_logits_processors_name_what_they_lack():
     from pegboard.core.logits_processors import LogitsProcessors
 

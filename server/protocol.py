@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pegboard.core.grammar_processor import GRAMMAR_FIELD
 from pegboard.core.sampling_params import SamplingParams
 from pegboard.server.errors import APIError
 from pegboard.server.fields import (INT64_MAX, INT64_MIN, get_bool, get_int, get_number, get_object, get_str,
@@ -258,7 +259,8 @@ def _stop(value: object) -> list[str]:
 
 
 def _guided_decoding(body: dict[str, Any], grammars: frozenset[str]) -> dict[str, Any]:
-    """``response_format`` / vLLM's ``guided_*`` as ``extra["guided_decoding"]``, if a grammar plugin takes it."""
+    """``response_format`` / vLLM's ``guided_*`` as the engine's grammar request (``extra["grammar"]``), if a
+    grammar plugin takes its kind."""
     specs = [(field, kind, body[field]) for field, kind in GUIDED_FIELDS.items() if body.get(field) is not None]
     response_format = get_object(body, "response_format")
     if response_format is not None:
@@ -284,4 +286,4 @@ def _guided_decoding(body: dict[str, Any], grammars: frozenset[str]) -> dict[str
     if kind not in grammars:
         raise invalid(field, f"needs a grammar plugin that registers {kind!r} (register_grammars); "
                              f"loaded grammars: {', '.join(sorted(grammars)) or 'none'}")
-    return {"guided_decoding": {"kind": kind, "spec": spec}}
+    return {GRAMMAR_FIELD: {"kind": kind, "spec": spec}}  # the engine compiles and enforces it per request

@@ -584,3 +584,30 @@ def test_observers_see_the_engine_each_step_and_each_finished_request(tiny_llama
     assert all(isinstance(o, RequestOutput) and o.finished for o in observer.finished)
     assert sorted(o.request_id for o in observer.finished) == ["0", "1"]
 
+
+
+def test_a_guided_request_over_http_is_enforced_by_the_registered_grammar(tiny_llama_dir):
+    """The server's guided_choice reaches the engine's grammar: the output is one of the choices, then EOS."""
+    import httpx2
+
+    from pegboard.core.async_engine import AsyncLLMEngine
+    from pegboard.server.app import build_app
+    from pegboard.server.uvicorn_server import serving_in_thread
+
+    class Plugin:
+        @hookimpl
+        def register_grammars(self, register):
+            register("choice", TokenChoiceGrammar())
+
+    engine = AsyncLLMEngine(start_engine(tiny_llama_dir, Plugin()))
+    choices = [[5, 6, 7], [5, 9], [11, 3]]
+    body = {"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 10, "temperature": 1.0, "return_token_ids": True,
+            "guided_choice": choices}
+    try:
+        with serving_in_thread(build_app(engine, ("tiny",))) as url:
+            for seed in range(3):
+                answer = httpx2.post(f"{url}/v1/completions", json={**body, "seed": seed}, timeout=60).json()
+                tokens = answer["choices"][0]["token_ids"]
+                assert tokens[:-1] in choices and answer["choices"][0]["finish_reason"] == "stop"
+    finally:
+        engine.shutdown()

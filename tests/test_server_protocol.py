@@ -89,12 +89,12 @@ def test_response_format_goes_to_a_registered_grammar():
     body = {"messages": [{"role": "user", "content": "x"}],
             "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
     params = parse_chat_request(body, with_grammars("json_schema")).params
-    assert params.extra == {"guided_decoding": {"kind": "json_schema", "spec": schema}}
+    assert params.extra == {"grammar": {"kind": "json_schema", "spec": schema}}
     as_object = {**body, "response_format": {"type": "json_object"}}
     assert parse_chat_request(as_object, with_grammars("json_schema")).params.extra == {
-        "guided_decoding": {"kind": "json_schema", "spec": {"type": "object"}}}
+        "grammar": {"kind": "json_schema", "spec": {"type": "object"}}}
     guided = {"prompt": "x", "guided_choice": ["yes", "no"]}
-    assert parse_completion_request(guided, with_grammars("choice")).params.extra["guided_decoding"]["kind"] == "choice"
+    assert parse_completion_request(guided, with_grammars("choice")).params.extra["grammar"]["kind"] == "choice"
     with pytest.raises(InvalidParameterError, match="needs a grammar plugin that registers 'json_schema'.*none"):
         parse_chat_request(body, MODEL)
     with pytest.raises(InvalidParameterError, match="cannot be combined"):

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from pegboard.core.batch_defaults import CPU_MAX_NUM_BATCHED_TOKENS
-from pegboard.core.config import EngineConfig
+from pegboard.core.config import DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
 
 logger = logging.getLogger("pegboard.cli")
 
@@ -26,8 +26,10 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
                                                   "on CPU, else max(2048, max_model_len) capped at 8192)"),
     "block_size": dict(type=int, help="tokens per KV-cache block"),
     "num_kv_blocks": dict(type=int, help="KV-cache blocks (default: sized from the memory budget)"),
-    "kv_cache_memory_gb": dict(type=float, help="KV-cache size on CPU in GiB (default: 4)"),
-    "gpu_memory_utilization": dict(type=float, help="fraction of GPU memory the engine may fill"),
+    "kv_cache_memory_gb": dict(type=float, help="KV-cache size in GiB (default: 4 on CPU; on CUDA what "
+                                                "--gpu-memory-utilization leaves)"),
+    "gpu_memory_utilization": dict(type=float, help="fraction of GPU memory the engine may fill, CUDA only "
+                                                    f"(default: {DEFAULT_GPU_MEMORY_UTILIZATION})"),
     "load_format": dict(help="weight loader: auto, safetensors, gguf, dummy or a plugin's"),
     "quantization": dict(help="quantization scheme (a registered name)"),
     "seed": dict(type=int, help="engine seed"),
@@ -46,8 +48,10 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
     "enforce_eager": dict(action="store_true", help="never capture CUDA graphs"),
     "async_scheduling": dict(action=argparse.BooleanOptionalAction,
                              help="schedule the next step while the device runs this one (default: on for CUDA)"),
-    "trust_remote_code": dict(action="store_true", help="allow model code from the hub"),
+    "trust_remote_code": dict(action="store_true", help="let transformers run code shipped with the model's or "
+                                                        "the tokenizer's files (custom config or tokenizer classes)"),
     "skip_tokenizer_init": dict(action="store_true", help="load no tokenizer (prompts must be token ids)"),
+    "disable_progress_bar": dict(action="store_true", help="show no progress bars (download, weights, prompts)"),
 }
 
 
@@ -80,16 +84,17 @@ def engine_kwargs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def add_plugin_arguments(parser: argparse.ArgumentParser, board: Any, command: str) -> None:
+def add_plugin_arguments(parser: argparse.ArgumentParser, board: Any, command: str, *, quiet: bool = False) -> None:
     """Let each plugin's ``add_cli_arguments`` add flags to ``parser``; a plugin that fails is skipped with a
-    warning.  The new flags' dests are remembered so their values reach ``EngineConfig.extra``."""
+    warning (none when ``quiet``).  The new flags' dests are remembered so their values reach ``EngineConfig.extra``."""
     before = {action.dest for action in parser._actions}
     kwargs = {"parser": parser, "command": command}
     for impl in board.pm.hook.add_cli_arguments.get_hookimpls():
         try:
             impl.function(**{name: kwargs[name] for name in impl.argnames})
         except Exception as exc:
-            logger.warning("plugin %r failed to add arguments to 'pegboard %s' and is skipped there: %s: %s",
-                           impl.plugin_name, command, type(exc).__name__, exc)
+            if not quiet:
+                logger.warning("plugin %r failed to add arguments to 'pegboard %s' and is skipped there: %s: %s",
+                               impl.plugin_name, command, type(exc).__name__, exc)
     added = tuple(action.dest for action in parser._actions if action.dest not in before)
     parser.set_defaults(**{PLUGIN_OPTIONS: added})

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pegboard.core.errors import InvalidParameterError
 
 DEFAULT_MODEL = "smollm2"
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # what gpu_memory_utilization=None means on CUDA
 
 
 @dataclass
@@ -21,8 +22,8 @@ class EngineConfig:
     max_num_batched_tokens: int | None = None  # None: core/batch_defaults.py (small on CPU)
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: sized from kv_cache_memory_gb / gpu_memory_utilization
-    kv_cache_memory_gb: float | None = None  # CPU KV cache size; None: 4 GiB
-    gpu_memory_utilization: float = 0.9
+    kv_cache_memory_gb: float | None = None  # KV cache size; None: 4 GiB on CPU, gpu_memory_utilization on CUDA
+    gpu_memory_utilization: float | None = None  # CUDA only; None: DEFAULT_GPU_MEMORY_UTILIZATION
     load_format: str = "auto"  # auto, safetensors, gguf, dummy
     quantization: str | None = None
     seed: int = 0
@@ -49,18 +50,23 @@ class EngineConfig:
         self.plugins = tuple(self.plugins)
         if self.block_allocator is None:
             self.block_allocator = "prefix-caching" if self.enable_prefix_caching else "plain"
-        for name in ("max_num_seqs", "block_size"):
+        for name in ("max_num_seqs", "block_size", "tensor_parallel_size", "pipeline_parallel_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}", param=name)
-        for name in ("max_model_len", "max_num_batched_tokens", "num_kv_blocks"):
+        for name in ("max_model_len", "max_num_batched_tokens", "num_kv_blocks", "num_speculative_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}", param=name)
+        if not isinstance(self.seed, int):
+            raise InvalidParameterError(f"seed must be an integer, got {self.seed!r}", param="seed")
+        if self.kv_cache_memory_gb is not None and not 0 < self.kv_cache_memory_gb < float("inf"):
+            raise InvalidParameterError(f"kv_cache_memory_gb must be a number of GiB > 0, got "
+                                        f"{self.kv_cache_memory_gb!r}", param="kv_cache_memory_gb")
         if self.dtype not in ("auto", "float32", "float", "bfloat16", "float16", "half"):
             raise InvalidParameterError(
                 f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}", param="dtype")
-        if not 0 < self.gpu_memory_utilization <= 1:
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise InvalidParameterError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}",
                 param="gpu_memory_utilization")

@@ -25,9 +25,11 @@ def run_engine_core(config: EngineConfig, conn: Connection, log_level: int) -> N
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from pegboard.core.engine_core import EngineCore  # plugins load here, by name and entry point
+    from pegboard.core.load_settings import loading_with
 
     try:
-        core = EngineCore(config)
+        with loading_with(config):
+            core = EngineCore(config)
     except BaseException as exc:  # the parent shows why, then exits
         conn.send(("failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return

@@ -13,11 +13,12 @@ from pegboard.core.grammar_processor import grammar_spec
 from pegboard.core.model_info import ModelInfo, check_prompt
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.messages import EngineCoreOutputs, EngineGauges
-from pegboard.core.model_files import pick_loader
+from pegboard.core.load_settings import loading_with
 from pegboard.core.output_processor import OutputProcessor
 from pegboard.core.outputs import RequestOutput
 from pegboard.core.plugins import Board, load_board
 from pegboard.core.sampling_params import SamplingParams
+from pegboard.core.tokenizer_loading import load_tokenizer
 
 logger = logging.getLogger("pegboard.engine")
 
@@ -54,7 +55,8 @@ class LLMEngine:
         if core is None:
             from pegboard.core.engine_core import EngineCore  # a front end over a core process never imports it
 
-            core = EngineCore(config, self.board)
+            with loading_with(config):
+                core = EngineCore(config, self.board)
         self.core = core
         self.files = self.core.files
         self.model_info: ModelInfo = self.core.model_info
@@ -71,8 +73,7 @@ class LLMEngine:
         self.board.pm.hook.on_engine_start(engine=self)
 
     def _load_tokenizer(self) -> Any:
-        _, loader = pick_loader(self.board.model_loaders, self.files, self.config.load_format)
-        return loader.load_tokenizer(self.files)
+        return load_tokenizer(self.config, self.board, self.files)
 
     def _eos_token_id(self) -> int | None:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
@@ -110,6 +111,9 @@ class LLMEngine:
         else:
             text, ids = None, list(prompt)
         check_prompt(ids, self.model_info)
+        if params.stop and self.tokenizer is None:
+            raise InvalidParameterError("stop strings need a tokenizer, and this engine has none (skip_tokenizer_init, "
+                                        "or the model ships none): stop on stop_token_ids instead", param="stop")
         grammar_spec(params, self.board.grammars)  # a grammar nothing provides is refused here, by name
         requests = self.output_processor.add_request(request_id, text, ids, params, self.eos_token_id,
                                                      arrival_time=arrival_time, final_output_only=final_output_only)

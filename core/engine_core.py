@@ -21,6 +21,7 @@ from pegboard.core.plugins import Board, load_board
 from pegboard.core.request import Request, RequestStatus
 from pegboard.core.launched_step import LaunchedStep
 from pegboard.core.scheduler import Scheduler
+from pegboard.core.settings import check_settings
 
 logger = logging.getLogger("pegboard.engine")
 
@@ -45,8 +46,9 @@ def check_features(config: EngineConfig, board: Board) -> None:
                                         param="num_speculative_tokens")
     if config.tensor_parallel_size > 1 or config.pipeline_parallel_size > 1:
         if config.executor == "uniproc":
-            raise PluginError("tensor/pipeline parallelism needs a multi-process executor plugin; the loaded "
-                              f"executors are: {', '.join(board.executors.names())}")
+            raise PluginError(f"tensor_parallel_size={config.tensor_parallel_size}, pipeline_parallel_size="
+                              f"{config.pipeline_parallel_size}: parallelism needs a multi-process executor plugin "
+                              f"(executor=NAME); the loaded executors are: {', '.join(board.executors.names())}")
 
 
 def proposer_name(config: EngineConfig, board: Board) -> str:
@@ -70,6 +72,7 @@ class EngineCore:
     def __init__(self, config: EngineConfig, board: Board | None = None) -> None:
         self.config = config
         self.board = board or load_board(config.plugins)
+        check_settings(config, self.board)
         check_features(config, self.board)
         self.files: ModelFiles = resolve_model(self.board.model_sources, config.model, revision=config.revision)
         _, loader = pick_loader(self.board.model_loaders, self.files, config.load_format)

@@ -74,7 +74,7 @@ class LLM:
                 engine.abort_request(request_id)
             raise
         finished: dict[str, RequestOutput] = {}
-        bar = _progress_bar(len(ids), use_tqdm)
+        bar = _progress_bar(len(ids), use_tqdm and not engine.config.disable_progress_bar)
         try:
             while engine.has_unfinished_requests():
                 for output in engine.step():

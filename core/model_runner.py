@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from pegboard.core.attention import AttentionBackend, AttentionContext, BatchLayout, KVCacheSpec
-from pegboard.core.config import EngineConfig
+from pegboard.core.config import DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
 from pegboard.core.cuda_graphs import DecodeGraphs
 from pegboard.core.layer_factory import LayerFactory, building_with
 from pegboard.core.logprobs import top_logprobs
@@ -142,9 +142,9 @@ class ModelRunner:
         return "torch"
 
     def _kv_cache_spec(self, make_backend: Any) -> KVCacheSpec:
-        """Size the KV cache: explicit block count, else the memory budget (on CUDA: what
-        gpu_memory_utilization leaves after the weights and the measured activation peak), capped at
-        what max_num_seqs requests of max_model_len tokens could ever use."""
+        """Size the KV cache: explicit block count, else kv_cache_memory_gb, else the memory budget (on CUDA: what
+        gpu_memory_utilization leaves after the weights and the measured activation peak; 4 GiB on CPU), capped
+        at what max_num_seqs requests of max_model_len tokens could ever use."""
         attn = self.model.layers[0].self_attn
         spec = KVCacheSpec(num_layers=len(self.model.layers), num_kv_heads=attn.num_kv_heads,
                            head_dim=attn.head_dim, block_size=self.block_size, num_blocks=0, dtype=self.dtype)
@@ -160,13 +160,14 @@ class ModelRunner:
             free, total = torch.cuda.mem_get_info(self.device)
             weights = torch.cuda.memory_allocated(self.device)
             outside_torch = (total - free) - torch.cuda.memory_reserved(self.device)
-            budget = total * self.config.gpu_memory_utilization - outside_torch - weights - peak
+            utilization = self.config.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+            budget = total * utilization - outside_torch - weights - peak
             logger.info("GPU memory: %.2f GiB weights, %.2f GiB activation peak at %d batched tokens, "
                         "%.2f GiB outside torch; %.2f GiB left for the KV cache", weights / 2**30, peak / 2**30,
                         self.config.max_num_batched_tokens, outside_torch / 2**30, max(budget, 0) / 2**30)
         if self.config.num_kv_blocks is not None:
             spec.num_blocks = self.config.num_kv_blocks
-        elif self.device.type == "cuda":
+        elif self.device.type == "cuda" and self.config.kv_cache_memory_gb is None:
             spec.num_blocks = min(max(int(budget // per_block), 0), most_useful)
         else:
             gb = self.config.kv_cache_memory_gb or CPU_KV_CACHE_GB

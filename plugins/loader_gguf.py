@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from pegboard.core.errors import UnsupportedModelError
 from pegboard.core.hookspecs import hookimpl
+from pegboard.core.load_settings import load_settings
 from pegboard.core.model_files import ModelFiles
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class GGUFLoader:
         weights = self.iter_weights(files, config, device=None if device.type == "meta" else device)
         total = len(self._plan(_open(files)))
         model.load_weights(tqdm(weights, total=total, desc="loading GGUF weights", unit="tensor",
-                                mininterval=0.5, disable=None))
+                                mininterval=0.5, disable=load_settings().tqdm_disable))
 
     @staticmethod
     def _plan(gguf: "GGUFFile") -> list[tuple[str, "TensorInfo"]]:

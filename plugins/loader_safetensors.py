@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from pegboard.core.errors import ModelNotFoundError
+from pegboard.core.errors import ModelNotFoundError, UnsupportedModelError
 from pegboard.core.hookspecs import hookimpl
+from pegboard.core.load_settings import load_settings
 from pegboard.core.model_files import ModelFiles
 
 if TYPE_CHECKING:
@@ -24,14 +26,16 @@ class SafetensorsLoader:
     def load_config(self, files: ModelFiles) -> Any:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(files.path)
+        with _custom_code_refused(files):
+            return AutoConfig.from_pretrained(files.path, trust_remote_code=load_settings().trust_remote_code)
 
     def load_tokenizer(self, files: ModelFiles) -> Any:
         if not any((Path(files.path) / name).is_file() for name in TOKENIZER_FILES):
             return None
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(files.path)
+        with _custom_code_refused(files):
+            return AutoTokenizer.from_pretrained(files.path, trust_remote_code=load_settings().trust_remote_code)
 
     def weight_files(self, files: ModelFiles) -> dict[Path, list[str]]:
         """Each weight file with the tensor names to read from it (all of them for a single file)."""
@@ -71,7 +75,19 @@ class SafetensorsLoader:
 
         total = sum(len(names) for names in self.weight_files(files).values())
         model.load_weights(tqdm(self.iter_weights(files, config), total=total, desc="loading weights",
-                                unit="tensor", mininterval=0.5, disable=None))
+                                unit="tensor", mininterval=0.5, disable=load_settings().tqdm_disable))
+
+
+@contextmanager
+def _custom_code_refused(files: ModelFiles) -> Iterator[None]:
+    """transformers' refusal of a config or tokenizer class shipped as code, as an error naming the setting."""
+    try:
+        yield
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise UnsupportedModelError(f"{files.path} ships code for its config or tokenizer, which runs only with "
+                                    "--trust-remote-code (trust_remote_code=True)") from None
 
 
 @hookimpl

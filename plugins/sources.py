@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from pegboard.core.errors import ModelNotFoundError
+from pegboard.core.errors import InvalidParameterError, ModelNotFoundError
 from pegboard.core.hookspecs import hookimpl
+from pegboard.core.load_settings import load_settings
 from pegboard.core.model_files import ModelFiles
 
 CACHE_ENV = "PEGBOARD_CACHE"
@@ -39,6 +40,7 @@ class LocalSource:
             if _looks_like_path(model):
                 raise ModelNotFoundError(f"model path {model!r} does not exist")
             return None
+        _no_revision(model, revision, "a local path")
         path = path.resolve()
         if path.is_file():
             if path.suffix != ".gguf":
@@ -61,6 +63,12 @@ class LocalSource:
 
 def _looks_like_path(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf")
+
+
+def _no_revision(model: str, revision: str | None, what: str) -> None:
+    if revision is not None:
+        raise InvalidParameterError(f"revision {revision!r} picks a version of a hub model, and {model!r} is {what}: "
+                                    "drop --revision (revision=)", param="revision")
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,7 @@ class PackagedSource:
     def resolve(self, model: str, *, revision: str | None = None) -> ModelFiles | None:
         if model.lower() not in PACKAGED_MODELS:
             return None
+        _no_revision(model, revision, f"a packaged model (pinned to {PACKAGED_MODELS[model.lower()].requirement})")
         return ModelFiles(str(packaged_model_path(model)), "gguf", model, "packaged")
 
 
@@ -203,7 +212,8 @@ def _snapshot(repo_id: str, revision: str | None) -> str:
     from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
-    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=HUB_PATTERNS)
+    patterns = HUB_PATTERNS + (["*.py"] if load_settings().trust_remote_code else [])  # custom config/tokenizer code
+    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=patterns)
     try:
         return snapshot_download(local_files_only=True, **kwargs)
     except LocalEntryNotFoundError:

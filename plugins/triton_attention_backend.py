@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from pegboard.core.attention import BatchLayout, KVCacheSpec
+from pegboard.core.errors import InvalidParameterError
 from pegboard.core.staging import HostStaging
 from pegboard.kernels.kv_cache_write import kv_cache_write
 from pegboard.kernels.paged_decode_attention import paged_decode_attention
@@ -32,7 +33,8 @@ class TritonAttentionBackend:
 
     def __init__(self, spec: KVCacheSpec, *, num_heads: int, scale: float, device: torch.device) -> None:
         if device.type != "cuda":
-            raise ValueError("the triton attention backend needs a CUDA device; use the torch backend")
+            raise InvalidParameterError(f"attention_backend='triton' needs a CUDA device, and this engine runs on "
+                                        f"{device.type}: use the torch backend", param="attention_backend")
         self.spec = spec
         self.num_heads = num_heads
         self.scale = scale

@@ -63,13 +63,15 @@ def main(args: argparse.Namespace, board: Any) -> int:
             raise InvalidParameterError(f"{flag} must be >= 0, got {value}")
     limits = connection_limits_from_args(args)
     request_limits = request_limits_from_args(args)
+    chat_template = read_chat_template(args.chat_template)
+    check_ssl_files(args.ssl_keyfile, args.ssl_certfile)
     names = tuple(args.served_model_name or (default_served_name(args.model),))
     config = EngineConfig(model=args.model, **engine_kwargs_from_args(args))
     config.extra["served_model_name"] = names[0]  # the metrics' model_name label
     engine = AsyncLLMEngine.from_config(config, board, core_process=True,  # the model lives in a child process
                                         max_waiting_requests=args.max_waiting_requests)
     try:
-        app = build_app(engine, names, api_key=args.api_key, chat_template=read_chat_template(args.chat_template),
+        app = build_app(engine, names, api_key=args.api_key, chat_template=chat_template,
                         limits=request_limits)
         server = GracefulServer(ServerConfig(
             app, limits, host=args.host, port=args.port, log_level=args.log_level, ssl_keyfile=args.ssl_keyfile,
@@ -96,7 +98,30 @@ def stop_when_dead(engine: Any, server: Any) -> None:
 
 
 def read_chat_template(value: str | None) -> str | None:
-    """A template given inline or as a path to a file."""
-    if value is None or not Path(value).is_file():
-        return value
-    return Path(value).read_text()
+    """A template given inline or as a path to a file; neither, or a template that does not parse, is an error."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if path.is_file():
+        text = path.read_text()
+    elif "{{" in value or "{%" in value:
+        text = value
+    else:
+        raise InvalidParameterError(f"--chat-template {value!r} is neither a file nor a Jinja template")
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+    except TemplateSyntaxError as exc:
+        raise InvalidParameterError(f"--chat-template does not parse: {exc.message} (line {exc.lineno})") from None
+    return text
+
+
+def check_ssl_files(keyfile: str | None, certfile: str | None) -> None:
+    """HTTPS needs a certificate (its file may hold the key too); each file named must exist."""
+    if keyfile and not certfile:
+        raise InvalidParameterError("--ssl-keyfile needs --ssl-certfile too: HTTPS serves a certificate")
+    for flag, value in (("--ssl-keyfile", keyfile), ("--ssl-certfile", certfile)):
+        if value and not Path(value).expanduser().is_file():
+            raise InvalidParameterError(f"{flag} {value!r} is not a file")

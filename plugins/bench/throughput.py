@@ -98,14 +98,19 @@ def model_info(files: Any, hf_config: Any, tokenizer: Any, config: Any) -> Model
 def resolve_model_info(engine_kwargs: dict) -> ModelInfo:
     """The model's files, config and tokenizer without starting an engine (for ``--backend hf``)."""
     from pegboard.core.config import EngineConfig
+    from pegboard.core.load_settings import loading_with
     from pegboard.core.model_files import pick_loader, resolve_model
     from pegboard.core.plugins import load_board
+    from pegboard.core.tokenizer_loading import load_tokenizer
 
     config = EngineConfig(**engine_kwargs)
     board = load_board(config.plugins)
-    files = resolve_model(board.model_sources, config.model, revision=config.revision)
-    _, loader = pick_loader(board.model_loaders, files, config.load_format)
-    return model_info(files, loader.load_config(files), loader.load_tokenizer(files), config)
+    with loading_with(config):
+        files = resolve_model(board.model_sources, config.model, revision=config.revision)
+        _, loader = pick_loader(board.model_loaders, files, config.load_format)
+        hf_config = loader.load_config(files)
+    tokenizer = None if config.skip_tokenizer_init else load_tokenizer(config, board, files)
+    return model_info(files, hf_config, tokenizer, config)
 
 
 # ---- prompts -----------------------------------------------------------------------------------

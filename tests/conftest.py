@@ -117,3 +117,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _start_engine(model, *plugins: object, **options):
+    """An engine over the tiny random Llama whose board also holds the given throwaway plugins."""
+    from pegboard.core.config import EngineConfig
+    from pegboard.core.engine import LLMEngine
+    from pegboard.core.plugins import load_board
+
+    options = {"load_format": "dummy", "skip_tokenizer_init": True, "num_kv_blocks": 32, **options}
+    return LLMEngine(EngineConfig(model=str(model), **options), board=load_board(plugins=plugins))
+
+
+def _generate(engine, prompts: list[list[int]], params=None) -> list[list[int]]:
+    """Step the engine until every prompt finished (greedy, 6 tokens, by default); the token ids per prompt."""
+    from pegboard.core.sampling_params import SamplingParams
+
+    params = params or SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    finished: dict[str, list[int]] = {}
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                finished[output.request_id] = output.outputs[0].token_ids
+    return [finished[str(i)] for i in range(len(prompts))]
+
+
+@pytest.fixture
+def start_engine():
+    """``start_engine(model, *plugins, **options)``: an LLMEngine over ``model`` with throwaway plugins."""
+    return _start_engine
+
+
+@pytest.fixture
+def generate():
+    """``generate(engine, prompts, params=greedy 6 tokens)``: step until done; the token ids per prompt."""
+    return _generate

@@ -115,12 +115,11 @@ class EngineCore:
 
         Speculative decoding turns it off: how many tokens a step accepts decides the next step's inputs."""
         wanted = self.config.async_scheduling
-        if wanted is False or not self.executor.supports_launch:
-            return False
-        if self.proposer is not None:
-            if wanted:
-                logger.warning("async scheduling is off: speculative decoding needs each step's tokens first")
-            return False
+        if wanted and not self.executor.supports_launch:
+            raise InvalidParameterError(f"async_scheduling needs an executor that launches steps; "
+                                        f"{self.config.executor!r} only runs them", param="async_scheduling")
+        if wanted is False or not self.executor.supports_launch or self.proposer is not None:
+            return False  # (async_scheduling=True with speculative decoding is refused by check_settings)
         return bool(wanted) or cast(LaunchingExecutor, self.executor).queues_work
 
     def _proposer(self) -> Proposer | None:

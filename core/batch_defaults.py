@@ -7,7 +7,7 @@ docs/benchmarks.md, "Prefill chunk on CPU"). On other devices: max(2048, max_mod
 
 from __future__ import annotations
 
-CPU_MAX_NUM_BATCHED_TOKENS = 512
+CPU_MAX_NUM_BATCHED_TOKENS = 256  # measured: docs/benchmarks.md, "Prefill chunk on CPU"
 
 
 def default_max_num_batched_tokens(device: str, max_model_len: int) -> int:

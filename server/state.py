@@ -33,7 +33,8 @@ class ServerState:
         model = ServedModel(names=served_model_names, vocab_size=core.model_info.vocab_size,
                             max_model_len=core.max_model_len, grammars=frozenset(core.board.grammars.names()),
                             longest_token_chars=longest_token_chars(core.tokenizer))
-        return cls(engine, model, core.tokenizer, chat_template, limits or RequestLimits(), core.output_processor.token_bytes)
+        return cls(engine, model, core.tokenizer, chat_template, limits or RequestLimits(),
+                   core.output_processor.token_bytes)
 
     def bytes_of(self, token_id: int) -> bytes | None:
         """A token's exact bytes (None without a tokenizer)."""

@@ -30,7 +30,8 @@ def test_the_flag_still_sets_the_budget(tiny_llama_dir):
     engine = tiny_engine(tiny_llama_dir, **engine_kwargs_from_args(args))
     assert engine.scheduler.max_num_batched_tokens == 48
     engine.add_request("long", list(range(100)))
-    assert list(engine.scheduler.schedule().num_scheduled_tokens.values()) == [48]  # the prompt is prefilled 48 tokens at a time
+    scheduled = engine.scheduler.schedule().num_scheduled_tokens
+    assert list(scheduled.values()) == [48]  # the prompt is prefilled 48 tokens at a time
 
 
 def test_other_devices_keep_the_large_budget(monkeypatch):

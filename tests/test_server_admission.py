@@ -1,7 +1,7 @@
 """Admission by work, on the tiny random Llama with a byte-level tokenizer: caps on prompts and on n x prompts
 (400 naming the field), a request's sequences counted against capacity all at once (503 when they do not fit
-now, 400 when they never could), a request the KV cache could never hold (400), and prompt text longer than
-max_model_len tokens could spell refused before it is tokenized."""
+now, 400 when they never could), a request over max_model_len a 400 (the KV cache always holds max_model_len
+tokens), and prompt text longer than max_model_len tokens could spell refused before it is tokenized."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from typing import Any
 
 import pytest
 
+from pegboard.core import cli
 from pegboard.core.async_engine import AsyncLLMEngine
 from pegboard.core.config import EngineConfig
 from pegboard.core.errors import InvalidParameterError
+from pegboard.core.plugins import load_board
 from pegboard.server.protocol import RequestLimits
+from pegboard.server.request_limit_flags import request_limits_from_args
 from pegboard.tests.tiny_server import connect, serving
 
 LONG = {"prompt": [1, 2, 3], "max_tokens": 200, "ignore_eos": True, "stream": True}
@@ -60,6 +63,15 @@ def test_n_times_prompts_beyond_the_cap_is_a_400_naming_n(tiny_chat_model):
         assert refused(url, {"prompt": [[1]] * 9, "max_tokens": 1})[2]["param"] == "prompt"
         fits = connect(url, "/v1/completions", {"prompt": [[1]] * 4, "n": 3, "max_tokens": 1})
         assert fits.status == 200 and len(json.loads(fits.read())["choices"]) == 12
+
+
+def test_the_serve_flags_set_the_caps_and_a_cap_below_1_is_refused():
+    parser = cli.build_parser(load_board())
+    args = parser.parse_args(["serve", "--max-prompts-per-request", "3", "--max-sequences-per-request", "9"])
+    assert request_limits_from_args(args) == RequestLimits(max_prompts=3, max_sequences=9)
+    assert request_limits_from_args(parser.parse_args(["serve"])) == RequestLimits()
+    with pytest.raises(InvalidParameterError, match="--max-sequences-per-request must be >= 1"):
+        request_limits_from_args(parser.parse_args(["serve", "--max-sequences-per-request", "0"]))
 
 
 # ---- capacity --------------------------------------------------------------------------------------------------

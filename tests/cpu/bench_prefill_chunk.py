@@ -31,23 +31,27 @@ def prefill_with_streams(engine: LLMEngine, chunk: int, prompt_len: int, streams
     decoding streams, and the wall time to its first token."""
     engine.scheduler.max_num_batched_tokens = chunk
     decode = SamplingParams(temperature=0, max_tokens=100_000, ignore_eos=True)
-    for i in range(streams):
-        engine.add_request(f"{tag}-stream{i}", list(range(1000 + 40 * i, 1032 + 40 * i)), decode)
-    while any(not engine.requests[f"{tag}-stream{i}"].output_token_ids for i in range(streams)):
-        engine.step()
+    stream_ids = [f"{tag}-stream{i}" for i in range(streams)]
+    for i, stream_id in enumerate(stream_ids):
+        engine.add_request(stream_id, list(range(1000 + 40 * i, 1032 + 40 * i)), decode)
+    decoding: set[str] = set()
+    while len(decoding) < streams:  # every stream past its prompt
+        decoding.update(output.request_id for output in engine.step())
     long_id = f"{tag}-long"
     engine.add_request(long_id, [2000 + t % 40000 for t in range(prompt_len)], SamplingParams(max_tokens=1))
     walls: list[float] = []
     cpus: list[float] = []
     started = time.perf_counter()
-    while long_id in engine.groups:
+    prefilled = False
+    while not prefilled:
         wall, cpu = time.perf_counter(), time.process_time()
-        engine.step()
+        outputs = engine.step()
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
+        prefilled = any(output.request_id == long_id and output.finished for output in outputs)
     prefill = time.perf_counter() - started
-    for i in range(streams):
-        engine.abort_request(f"{tag}-stream{i}")
+    for stream_id in stream_ids:
+        engine.abort_request(stream_id)
     return walls, cpus, prefill
 
 

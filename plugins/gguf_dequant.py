@@ -15,19 +15,39 @@ from pegboard.core.errors import UnsupportedModelError
 
 F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 13, 14, 30
 _FLOATS = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
+# A CPU tensor larger than this is dequantized a piece at a time into one buffer (``_cpu_empty``), so the
+# intermediates stay small enough to reuse freed memory instead of faulting in fresh pages: whole
+# 4096x4096 tensors took torch 10-40% longer than gguf's numpy code, in pieces torch is faster for every
+# type (tests/cpu/bench_gguf_load.py; docs/benchmarks.md).
+PIECE_VALUES = 1 << 20
 
 
 def dequantize(raw: torch.Tensor, ggml_type: int, shape: tuple[int, ...], name: str = "?") -> torch.Tensor:
     """float32 values of shape ``shape`` from the flat ``uint8`` bytes of one GGUF tensor."""
+    on_cpu = raw.device.type == "cpu"
     if ggml_type in _FLOATS:
-        return raw.view(_FLOATS[ggml_type]).to(torch.float32, copy=True).reshape(shape)
-    _, block_bytes = block_layout(ggml_type, name)
+        values = raw.view(_FLOATS[ggml_type])
+        if not on_cpu:
+            return values.to(torch.float32, copy=True).reshape(shape)
+        return _cpu_empty(values.numel()).copy_(values).reshape(shape)
+    block_size, block_bytes = block_layout(ggml_type, name)
     blocks = raw.view(-1, block_bytes)
-    if ggml_type in _TORCH_DEQUANT:
-        values = _TORCH_DEQUANT[ggml_type](blocks)
-    else:  # gguf-py's numpy code, on the CPU
-        values = torch.from_numpy(_numpy_dequantize(blocks.cpu().numpy(), ggml_type, name)).to(raw.device)
-    return values.reshape(shape)
+    convert = _TORCH_DEQUANT.get(ggml_type)
+    if convert is None:  # gguf-py's numpy code, on the CPU
+        return torch.from_numpy(_numpy_dequantize(blocks.cpu().numpy(), ggml_type, name)).to(raw.device).reshape(shape)
+    if not on_cpu or len(blocks) * block_size <= PIECE_VALUES:
+        return convert(blocks).reshape(shape)
+    out = _cpu_empty(len(blocks) * block_size).view(len(blocks), block_size)
+    step = PIECE_VALUES // block_size
+    for start in range(0, len(blocks), step):
+        out[start : start + step] = convert(blocks[start : start + step])
+    return out.reshape(shape)
+
+
+def _cpu_empty(numel: int) -> torch.Tensor:
+    """A float32 CPU buffer from numpy's allocator, which asks for transparent huge pages on large arrays:
+    touching a fresh 64 MB one costs 5 ms here against 47 ms for ``torch.empty`` (4 kB page faults)."""
+    return torch.from_numpy(np.empty(numel, dtype=np.float32))
 
 
 def block_layout(ggml_type: int, name: str = "?") -> tuple[int, int]:

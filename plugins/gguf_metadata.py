@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 from typing import Any
 
 from pegboard.core.errors import UnsupportedModelError
@@ -17,10 +16,6 @@ ARCHITECTURES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
 }
 
-_SPECIAL_TOKENS = {
-    "bos_token": "bos_token_id", "eos_token": "eos_token_id",
-    "unk_token": "unknown_token_id", "pad_token": "padding_token_id",
-}
 _CONFIG_TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id", "pad_token_id": "padding_token_id"}
 
 # llama.cpp stores Llama 3.x rope scaling as a rope_freqs tensor; these are Meta's constants.
@@ -121,33 +116,15 @@ def llama3_rope_factors(scaling: dict, head_dim: int, theta: float) -> list[floa
 
 
 def gguf_tokenizer(gguf: GGUFFile) -> Any:
-    """A transformers fast tokenizer built with transformers' own GGUF conversion, or None without a vocabulary."""
-    metadata = gguf.metadata
-    if "tokenizer.ggml.tokens" not in metadata:
+    """The file's own tokenizer through transformers' public GGUF path, or None without a vocabulary.
+
+    ``PreTrainedTokenizerFast.from_pretrained(dir, gguf_file=name)`` is the call AutoTokenizer ends in for
+    these files, minus its probe of the model type, which parses the whole file again (3-7 s here).
+    ``tokenizer_file=""`` keeps transformers from preferring a tokenizer.json that sits beside the file.
+    """
+    if "tokenizer.ggml.tokens" not in gguf.metadata:
         return None
     from transformers import PreTrainedTokenizerFast
 
-    try:  # transformers >= 5.2x; older releases keep these in integrations.ggml
-        from transformers.integrations.gguf import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
-    except ImportError:
-        try:
-            from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
-        except ImportError:  # parse the file again through transformers' own loader (slower, same ids)
-            from transformers import AutoTokenizer
-
-            path = Path(gguf.path)
-            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-
-    groups = {
-        group: {name: metadata[f"tokenizer.{key}"] for key, name in keys.items() if f"tokenizer.{key}" in metadata}
-        for group, keys in GGUF_TOKENIZER_MAPPING.items()
-    }
-    tokenizer_dict, init_kwargs = groups["tokenizer"], groups["tokenizer_config"]
-    if tokenizer_dict.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to sentencepiece vocabularies by default
-        init_kwargs.setdefault("add_bos_token", True)
-    tokens = tokenizer_dict["tokens"]
-    for name, key in _SPECIAL_TOKENS.items():
-        if f"tokenizer.ggml.{key}" in metadata:
-            init_kwargs[name] = tokens[metadata[f"tokenizer.ggml.{key}"]]
-    backend, extra = convert_gguf_tokenizer(gguf.architecture, tokenizer_dict)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **{**extra, **init_kwargs})
+    path = Path(gguf.path)
+    return PreTrainedTokenizerFast.from_pretrained(path.parent, gguf_file=path.name, tokenizer_file="")

@@ -26,6 +26,21 @@ def test_matches_gguf_numpy(qtype: GGMLQuantizationType):
     np.testing.assert_array_equal(got.numpy(), expected)
 
 
+@pytest.mark.parametrize("qtype", FAST_TYPES, ids=lambda t: t.name)
+def test_large_cpu_tensors_in_pieces_match(qtype: GGMLQuantizationType, monkeypatch):
+    from pegboard.plugins import gguf_dequant
+
+    block_size, block_bytes = GGML_QUANT_SIZES[qtype]
+    rows, row_values = 5, 256 * 3
+    raw = np.random.default_rng(int(qtype)).integers(0, 256, rows * row_values // block_size * block_bytes,
+                                                     dtype=np.uint8)
+    with np.errstate(all="ignore"):
+        expected = quants.dequantize(raw.reshape(rows, -1), qtype).astype(np.float32)
+    monkeypatch.setattr(gguf_dequant, "PIECE_VALUES", 512)  # 7.5 pieces: the last one is short
+    got = dequantize(torch.from_numpy(raw.copy()), int(qtype), (rows, row_values))
+    np.testing.assert_array_equal(got.numpy(), expected)
+
+
 def test_covers_the_common_types():
     assert {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"} <= set(supported_type_names())
 

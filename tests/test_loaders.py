@@ -63,6 +63,24 @@ def test_gguf_tokenizer_matches_hf_copy(gguf_files, hf_files):
         assert getattr(tokenizer, attr) == getattr(reference, attr), attr
 
 
+def test_gguf_tokenizer_is_the_files_own_beside_a_tokenizer_json(smollm2_gguf: Path, tmp_path: Path):
+    from tokenizers import Tokenizer, models
+
+    (tmp_path / "model.gguf").symlink_to(smollm2_gguf)
+    Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "hi": 1}, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    tokenizer = GGUFLoader().load_tokenizer(ModelFiles(str(tmp_path / "model.gguf"), "gguf", "smollm2"))
+    assert len(tokenizer) == 49152 and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_gguf_not_readable(tmp_path: Path):
+    (tmp_path / "page.gguf").write_bytes(b"<html>rate limited</html>")
+    with pytest.raises(UnsupportedModelError, match="does not start with the bytes 'GGUF'"):
+        GGUFLoader().load_config(ModelFiles(str(tmp_path / "page.gguf"), "gguf", "page"))
+    (tmp_path / "v9.gguf").write_bytes(b"GGUF" + (9).to_bytes(4, "little") + bytes(16))
+    with pytest.raises(UnsupportedModelError, match="v9.gguf is not a GGUF file the gguf package can read"):
+        GGUFLoader().load_config(ModelFiles(str(tmp_path / "v9.gguf"), "gguf", "v9"))
+
+
 def test_gguf_weights_match_hf_copy(gguf_files, hf_files):
     config = GGUFLoader().load_config(gguf_files)
     weights = dict(GGUFLoader().iter_weights(gguf_files, config))

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# Test helper modules (tests/tiny_server.py) import by name, also when `pegboard` is an installed wheel
+# that holds no tests (CI).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def cache_dir() -> Path:

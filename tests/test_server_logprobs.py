@@ -11,7 +11,7 @@ from tokenizers import pre_tokenizers
 from pegboard.core.outputs import Logprob
 from pegboard.core.token_bytes import BYTE_OF_CHAR
 from pegboard.server.logprobs import TextOffset, chat_logprobs, completion_logprobs
-from pegboard.tests.tiny_server import connect, serving
+from tiny_server import connect, serving  # tests/tiny_server.py (conftest puts tests/ on sys.path)
 
 A, EMOJI_HEAD, EMOJI_TAIL, B, EMOJI_HEAD_TWIN = 1, 2, 3, 4, 5
 BYTES = {A: b"a", EMOJI_HEAD: b"\xf0\x9f", EMOJI_TAIL: b"\x98\x8a", B: b"b", EMOJI_HEAD_TWIN: b"\xf0\x9f"}

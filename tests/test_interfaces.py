@@ -12,7 +12,7 @@ import torch
 from pegboard.core.attention import AttentionBackend, CudaGraphAttentionBackend
 from pegboard.core.config import EngineConfig
 from pegboard.core.engine import LLMEngine
-from pegboard.core.errors import PluginError, PluginLoadError
+from pegboard.core.errors import InvalidParameterError, PluginError, PluginLoadError
 from pegboard.core.hookspecs import hookimpl
 from pegboard.core.interfaces import (BlockAllocator, CausalLM, Executor, LaunchingExecutor, Proposer, Sampler,
                                       members, missing_members)
@@ -96,13 +96,15 @@ class SyncExecutor(UniprocExecutor):
         raise AssertionError("an executor that does not support launch is never asked to")
 
 
-def test_an_executor_that_does_not_launch_runs_synchronously_even_when_async_is_asked_for(tiny_llama_dir):
-    engine = start_engine(tiny_llama_dir, registering("register_executors", "sync", SyncExecutor), executor="sync",
-                          async_scheduling=True)
+def test_an_executor_that_does_not_launch_runs_synchronously_and_refuses_async_by_name(tiny_llama_dir):
+    plugin = registering("register_executors", "sync", SyncExecutor)
+    engine = start_engine(tiny_llama_dir, plugin, executor="sync")
     assert engine.core._overlap is False
     engine.add_request("a", [1, 2, 3], SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
     while engine.has_unfinished_requests():
         engine.step()
+    with pytest.raises(InvalidParameterError, match="async_scheduling needs an executor that launches steps"):
+        start_engine(tiny_llama_dir, plugin, executor="sync", async_scheduling=True)  # asked for: never ignored
 
 
 class GraphlessAttention:

@@ -344,28 +344,3 @@ def test_every_flag_of_generate_and_serve_is_documented(command):
     text = DOCS.read_text()
     assert {flag for flag in flags if f"`{flag}`" not in text and flag != "--help"} == set()
 
-
-def test_async_scheduling_with_an_executor_that_cannot_launch_is_refused(tiny_llama_dir, start_engine):
-    from pegboard.core.hookspecs import hookimpl
-    from pegboard.plugins.uniproc_executor import UniprocExecutor
-
-    class RunsOnly:
-        """The in-process executor without launch(): each step is run to its end."""
-
-        supports_launch = False
-
-        def __init__(self, *args):
-            self.inner = UniprocExecutor(*args)
-            self.num_kv_blocks = self.inner.num_kv_blocks
-
-        def execute(self, scheduled):
-            return self.inner.execute(scheduled)
-
-    class Plugin:
-        @hookimpl
-        def register_executors(self, register):
-            register("runs-only", RunsOnly)
-
-    with pytest.raises(InvalidParameterError, match="async_scheduling needs an executor that launches steps"):
-        start_engine(tiny_llama_dir, Plugin(), executor="runs-only", async_scheduling=True)
-    assert not start_engine(tiny_llama_dir, Plugin(), executor="runs-only").core._overlap  # the default: off

@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from pegboard.core.detokenizer import IncrementalDetokenizer
+from pegboard.core.errors import InvalidParameterError
 from pegboard.core.messages import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest, TokenLogprobs
 from pegboard.core.outputs import CompletionOutput, Logprob, PositionLogprobs, RequestMetrics, RequestOutput
 from pegboard.core.sampling_params import SamplingParams
@@ -93,7 +94,6 @@ class OutputProcessor:
                     ) -> list[EngineCoreRequest]:
         """Follow a new request; returns its n sequences for the engine core (seeds offset per choice)."""
         if request_id in self.groups:
-            from pegboard.core.errors import InvalidParameterError
             raise InvalidParameterError(f"request id {request_id!r} is already in use", param="request_id")
         arrival = arrival_time or time.monotonic()
         group = _Group(request_id, prompt, prompt_token_ids, params, final_output_only)

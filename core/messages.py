@@ -64,7 +64,7 @@ class SchedulerOutput:
 
     new_requests: tuple[NewRequestData, ...]
     cached_requests: tuple[CachedRequestData, ...]
-    # request id -> tokens this step computes for it; the batch order is new requests, then cached ones
+    # request id -> tokens this step computes for it, in batch order: one-token rows (decodes) first
     num_scheduled_tokens: dict[str, int]
     # request id -> proposed tokens (speculative decoding) whose KV slots this step also computes
     spec_token_ids: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -72,11 +72,6 @@ class SchedulerOutput:
     num_preempted: int = 0
     num_prompt_tokens: int = 0  # of the scheduled tokens, those of prompts (prefill), for the stats
     step: int = 0  # the scheduler's count of steps planned, this one included
-
-    @property
-    def request_ids(self) -> tuple[str, ...]:
-        """The step's requests in batch order."""
-        return tuple(r.request_id for r in self.new_requests) + tuple(r.request_id for r in self.cached_requests)
 
     @property
     def total_num_scheduled_tokens(self) -> int:

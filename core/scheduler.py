@@ -116,7 +116,7 @@ class Scheduler:
                 self.running.append(request)
                 scheduled[request.request_id] = tokens
                 budget -= tokens
-        return self._commit(scheduled, spec, preempted)
+        return self._commit(_decodes_first(scheduled), spec, preempted)
 
     def _commit(self, scheduled: dict[str, int], spec: dict[str, tuple[int, ...]], preempted: int
                 ) -> SchedulerOutput:
@@ -253,6 +253,14 @@ class Scheduler:
         for request in finished:
             self.finish(request, status)
         return finished
+
+
+def _decodes_first(scheduled: dict[str, int]) -> dict[str, int]:
+    """The step's batch with its one-token rows (decodes) first, the rest after in their order: attention
+    backends run a mixed step's leading decodes through their decode kernel."""
+    if all(n == 1 for n in scheduled.values()) or all(n > 1 for n in scheduled.values()):
+        return scheduled
+    return {r: n for r, n in sorted(scheduled.items(), key=lambda item: item[1] > 1)}
 
 
 def fake_model_output(scheduler: Scheduler, scheduled: SchedulerOutput, token_id: int = 7) -> RunnerOutput:

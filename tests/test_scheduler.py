@@ -59,6 +59,20 @@ def test_decodes_and_prefills_share_one_token_budget():
     assert second.num_scheduled_tokens == {"long": 10}  # the running request takes the whole budget
 
 
+def test_a_mixed_step_puts_its_decodes_first():
+    proposals = {"guessed": (7, 8)}  # "guessed" verifies two proposed tokens: a row of three, like a prefill chunk
+    scheduler = Scheduler(BlockManager(100, 4), max_num_seqs=8, max_num_batched_tokens=64,
+                          propose=lambda requests: [proposals.get(r.request_id, ()) for r in requests],
+                          num_spec_tokens=2)
+    for rid in ("guessed", "plain"):
+        scheduler.add_request(make_request(rid, 5, 10))
+    prefill = scheduler.schedule()
+    scheduler.update_from_output(prefill, RunnerOutput(("guessed", "plain"), ((6,), (6,))))
+    scheduler.add_request(make_request("new", 3, 10))
+    mixed = scheduler.schedule()  # running order: guessed, plain; then the new request's prompt
+    assert list(mixed.num_scheduled_tokens.items()) == [("plain", 1), ("guessed", 3), ("new", 3)]
+
+
 def test_every_request_completes_under_small_budget_and_few_blocks():
     bm = BlockManager(num_blocks=12, block_size=4)  # 48 token slots for 10 requests of up to 30 tokens
     scheduler = Scheduler(bm, max_num_seqs=6, max_num_batched_tokens=16)

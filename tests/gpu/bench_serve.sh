@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Served latency under load (issue 12's table): `pegboard serve` on a Llama-3.1-8B-shaped dummy model (bf16)
+# with SmolLM2's tokenizer, then `pegboard bench serve` at each request rate: random 1024 in / 128 out,
+# 400 requests, Poisson arrivals, ignore_eos. Usage:
+#   TOKENIZER=DIR [ROOTS="DIR1 DIR2"] [RATES="8 16 24 32 40"] [SERVE_ARGS="..."] bash tests/gpu/bench_serve.sh
+# TOKENIZER is a folder with SmolLM2's tokenizer files (tokenizer.json, tokenizer_config.json). With ROOTS, each
+# checkout (a DIR holding a `pegboard` package: PYTHONPATH=DIR) serves in turn: two commits side by side in one
+# call. Writes serve_<root>_<rate>.json to $OUT (default /tmp) and prints one table row per rate.
+set -euo pipefail
+out="${OUT:-/tmp}"
+cfg="$(mktemp -d)/llama-3.1-8b-shape"
+python3 - "$cfg" "${TOKENIZER:?set TOKENIZER to a folder of tokenizer files}" <<'PY'
+import shutil, sys
+from pathlib import Path
+from transformers import LlamaConfig
+LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+            intermediate_size=14336, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
+            rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+            architectures=["LlamaForCausalLM"]).save_pretrained(sys.argv[1])
+for f in Path(sys.argv[2]).iterdir():
+    shutil.copy(f, sys.argv[1])
+PY
+read -r -a roots <<< "${ROOTS:-}"
+read -r -a rates <<< "${RATES:-8 16 24 32 40}"
+port=8123
+for root in "${roots[@]:-}"; do
+  label="$(basename "${root:-here}")"
+  export PYTHONPATH="${root:-${PYTHONPATH:-}}"
+  started=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  python3 -m pegboard.core.cli serve "$cfg" --load-format dummy --dtype bfloat16 --max-model-len 2304 \
+    --port "$port" --served-model-name llama8b ${SERVE_ARGS:-} > "$out/serve_$label.log" 2>&1 &
+  server=$!
+  until curl -sf "http://127.0.0.1:$port/health" > /dev/null; do
+    kill -0 "$server" 2> /dev/null || { echo "server from ${root:-here} died:"; tail -20 "$out/serve_$label.log"; exit 1; }
+    sleep 0.5
+  done
+  echo "== ${root:-here}: ready in $(python3 -c "print(round($(date +%s.%N) - $started, 1))") s"
+  echo "| req/s offered | achieved | TTFT mean / P99 ms | TPOT median / P99 ms | requests |"
+  for rate in "${rates[@]}"; do
+    python3 -m pegboard.core.cli bench serve --base-url "http://127.0.0.1:$port" --model llama8b --tokenizer "$cfg" \
+      --dataset random --input-len 1024 --output-len 128 --num-prompts 400 --request-rate "$rate" --seed 0 \
+      --output-json "$out/serve_${label}_$rate.json" > "$out/bench_${label}_$rate.txt" 2>&1 \
+      || { echo "bench at $rate req/s failed:"; tail -20 "$out/bench_${label}_$rate.txt"; }
+    python3 - "$out/serve_${label}_$rate.json" "$rate" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+t, o = r["ttft_ms"], r["tpot_ms"]
+print(f"| {sys.argv[2]} | {r['request_throughput']:.2f} | {t['mean']:.0f} / {t['p99']:.0f} | "
+      f"{o['median']:.1f} / {o['p99']:.1f} | {r['completed']} done, {r['failed']} failed |")
+PY
+  done
+  kill "$server"; wait "$server" || true
+done

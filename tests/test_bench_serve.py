@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from pegboard.plugins.bench.data import BenchRequest
 from pegboard.plugins.bench.serve import arrival_gaps, run_requests
-from pegboard.plugins.bench.serve_client import chunk_text, endpoint_url, request_body, send
+from pegboard.plugins.bench.serve_client import carries_tokens, endpoint_url, request_body, send
 from pegboard.plugins.bench.serve_stats import RequestResult, distribution, summarize, tpot
 from pegboard.core.cli import main
 
@@ -70,11 +70,11 @@ def test_requests_go_to_the_endpoint_with_fixed_output_lengths():
         assert body["ignore_eos"] and body["stream"] and body["stream_options"] == {"include_usage": True}
 
 
-def test_only_chunks_with_text_count_as_content():
-    assert chunk_text({"choices": [{"text": "a"}]}) == "a"
-    assert chunk_text({"choices": [{"delta": {"content": "b"}}]}) == "b"
-    assert chunk_text({"choices": [{"delta": {"role": "assistant", "content": ""}}]}) == ""  # chat's first chunk
-    assert chunk_text({"choices": [], "usage": {"completion_tokens": 3}}) == ""
+def test_a_chunk_of_tokens_counts_even_when_its_text_is_empty():
+    assert carries_tokens({"choices": [{"text": ""}]})  # a special token, or an id the tokenizer lacks
+    assert carries_tokens({"choices": [{"delta": {"content": ""}}]})
+    assert not carries_tokens({"choices": [{"delta": {"role": "assistant", "content": ""}}]})  # chat's first chunk
+    assert not carries_tokens({"choices": [], "usage": {"completion_tokens": 3}})
 
 
 def run_schedule(num: int, request_rate: float, max_concurrency: int | None) -> tuple[list[float], int]:

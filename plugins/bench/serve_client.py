@@ -27,21 +27,21 @@ def request_body(endpoint: str, model: str, prompt: str | list[int], output_len:
     return {**body, "prompt": prompt, "max_tokens": output_len}
 
 
-def chunk_text(chunk: dict[str, Any]) -> str:
-    """The text a streamed chunk adds: ``choices[0].text`` (completions) or ``.delta.content`` (chat)."""
+def carries_tokens(chunk: dict[str, Any]) -> bool:
+    """Whether a streamed chunk brings tokens, even ones whose text is empty (special tokens, or ids the tokenizer
+    lacks), as vLLM's client counts them; chat's first chunk, the role alone, brings none."""
     choices = chunk.get("choices") or []
     if not choices:
-        return ""
-    choice = choices[0]
-    text = choice.get("text") if "text" in choice else (choice.get("delta") or {}).get("content")
-    return text or ""
+        return False
+    delta = choices[0].get("delta")
+    return delta is None or (delta.get("content") is not None and "role" not in delta)
 
 
 async def send(client: Any, url: str, body: dict[str, Any], headers: dict[str, str], prompt_len: int) -> RequestResult:
     """Stream one request; any failure is recorded in the result, never raised."""
     result = RequestResult(prompt_len=prompt_len)
     started = last = time.perf_counter()
-    content_chunks = 0
+    token_chunks = 0
     try:
         async with client.stream("POST", url, json=body, headers=headers) as response:
             if response.status_code != 200:
@@ -57,13 +57,13 @@ async def send(client: Any, url: str, body: dict[str, Any], headers: dict[str, s
                 if "error" in chunk:
                     result.error = f"error in stream: {chunk['error']}"
                     return result
-                if chunk_text(chunk):
-                    if content_chunks:
+                if carries_tokens(chunk):
+                    if token_chunks:
                         result.itl.append(now - last)
                     else:
                         result.ttft = now - started
                     last = now
-                    content_chunks += 1
+                    token_chunks += 1
                 if usage := chunk.get("usage"):
                     result.output_tokens = usage.get("completion_tokens") or 0
                     result.prompt_len = usage.get("prompt_tokens") or prompt_len
@@ -71,7 +71,7 @@ async def send(client: Any, url: str, body: dict[str, Any], headers: dict[str, s
         result.error = f"{type(exc).__name__}: {exc}"
         return result
     result.latency = last - started  # until the last content chunk, as vLLM measures it
-    result.output_tokens = result.output_tokens or content_chunks
-    result.success = content_chunks > 0
-    result.error = "" if result.success else "the stream had no content"
+    result.output_tokens = result.output_tokens or token_chunks
+    result.success = token_chunks > 0
+    result.error = "" if result.success else "the stream brought no tokens"
     return result

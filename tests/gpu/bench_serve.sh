@@ -25,9 +25,10 @@ PY
 read -r -a roots <<< "${ROOTS:-}"
 read -r -a rates <<< "${RATES:-8 16 24 32 40}"
 port=8123
+base_path="${PYTHONPATH:-}"  # kept behind each root (carried wheels, say)
 for root in "${roots[@]:-}"; do
   label="$(basename "${root:-here}")"
-  export PYTHONPATH="${root:-${PYTHONPATH:-}}"
+  export PYTHONPATH="${root:+$root:}${base_path}"
   started=$(date +%s.%N)
   # shellcheck disable=SC2086
   python3 -m pegboard.core.cli serve "$cfg" --load-format dummy --dtype bfloat16 --max-model-len 2304 \

@@ -12,6 +12,7 @@ import torch
 from pegboard.core.attention import AttentionBackend, AttentionContext, BatchLayout, KVCacheSpec
 from pegboard.core.config import DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
 from pegboard.core.cuda_graphs import DecodeGraphs
+from pegboard.core.piecewise_graphs import PiecewiseGraphs
 from pegboard.core.layer_factory import LayerFactory, building_with
 from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
@@ -115,6 +116,13 @@ class ModelRunner:
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_batch=config.max_num_seqs,
                                               max_blocks=-(-max_model_len // self.block_size), device=self.device)
             self.decode_graphs.capture()
+        self.prefill_graphs = None  # steps with prefill chunks: pieces between attention calls, per token bucket
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self.prefill_graphs = PiecewiseGraphs(
+                self.model, self.attention, max_tokens=config.max_num_batched_tokens, num_heads=attn.num_heads,
+                num_kv_heads=self.kv_spec.num_kv_heads, head_dim=self.kv_spec.head_dim, dtype=self.kv_spec.dtype,
+                device=self.device)
+            self.prefill_graphs.capture()
         self.batch = BatchState()
         self._previous_samples = torch.zeros(0, dtype=torch.long, device=self.device)  # the last step's tokens
         self._previous_sample_rows: dict[str, int] = {}  # request id -> its (last) row in _previous_samples
@@ -258,8 +266,11 @@ class ModelRunner:
         layout = BatchLayout(query_lens=query_lens, context_lens=context_lens, block_tables=tables,
                              slot_mapping=slots_t, num_tokens=len(input_ids), max_query_len=max(query_lens),
                              max_context_len=max(context_lens))
-        attn = AttentionContext(self.attention, self.attention.build_metadata(layout))
-        hidden = self.model(ids_t, positions_t, attn)
+        metadata = self.attention.build_metadata(layout)
+        if self.prefill_graphs is not None and self.prefill_graphs.fits(len(input_ids)):
+            hidden = self.prefill_graphs.run(ids_t, positions_t, metadata)
+        else:
+            hidden = self.model(ids_t, positions_t, AttentionContext(self.attention, metadata))
         logits = self.model.compute_logits(hidden[rows_t])  # [S + P, V] float32
         return self._sample(logits, sampled, scheduled.spec_token_ids, prompt_targets, prompt_spans)
 

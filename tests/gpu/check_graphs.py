@@ -1,4 +1,5 @@
-"""CUDA-graph decode with async scheduling equals eager synchronous decode (a script for the device): a small random Llama (bf16, weights
+"""CUDA graphs (decode graphs, and piecewise graphs for steps with prefill chunks) with async scheduling equal eager
+synchronous steps (a script for the device): a small random Llama (bf16, weights
 N(0, 0.05) so logits are far from ties), greedy, 24 tokens, batches of several sizes. The captured
 kernels may split the KV differently from eager ones (bucketed shapes), so bf16 rounding can flip a rare
 near-tie: a batch passes with at least 90% of its outputs identical; a wrong slot, table or padding row
@@ -26,7 +27,8 @@ def model_dir() -> str:
 
 def greedy(path: str, enforce_eager: bool, prompts: list[list[int]], dtype: str) -> list[list[int]]:
     llm = LLM(path, load_format="dummy", skip_tokenizer_init=True, dtype=dtype, device="cuda",
-              max_model_len=1024, max_num_seqs=64, gpu_memory_utilization=0.3, enforce_eager=enforce_eager,
+              max_model_len=1024, max_num_seqs=64, max_num_batched_tokens=512, gpu_memory_utilization=0.3,
+              enforce_eager=enforce_eager,
               async_scheduling=not enforce_eager)
     generator = torch.Generator(device="cuda").manual_seed(0)
     with torch.no_grad():
@@ -35,9 +37,10 @@ def greedy(path: str, enforce_eager: bool, prompts: list[list[int]], dtype: str)
                 param.copy_(torch.randn(param.shape, generator=generator, device="cuda") * 0.05)
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    used_graphs = llm.engine.executor.runner.decode_graphs is not None
+    runner = llm.engine.executor.runner
+    used_graphs = runner.decode_graphs is not None and runner.prefill_graphs is not None
     llm_overlapped = llm.engine.core._overlap
-    del llm
+    del llm, runner
     torch.cuda.empty_cache()
     assert used_graphs != enforce_eager and llm_overlapped != enforce_eager
     return [o.outputs[0].token_ids for o in outputs]

@@ -46,6 +46,9 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
     "pipeline_parallel_size": dict(type=int, help="pipeline stages (needs a multi-process executor)"),
     "enable_prefix_caching": dict(action="store_true", help="reuse the KV cache of shared prompt prefixes"),
     "enforce_eager": dict(action="store_true", help="never capture CUDA graphs"),
+    "cudagraph_mode": dict(type=str.lower, choices=("full_and_piecewise", "full_decode_only"),
+                           help="CUDA graphs for decode steps (full_decode_only) or also, cut at attention, for "
+                                "steps with prefill chunks"),
     "async_scheduling": dict(action=argparse.BooleanOptionalAction,
                              help="schedule the next step while the device runs this one (default: on for CUDA)"),
     "trust_remote_code": dict(action="store_true", help="let transformers run code shipped with the model's or "

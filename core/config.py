@@ -8,6 +8,8 @@ from pegboard.core.errors import InvalidParameterError
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # what gpu_memory_utilization=None means on CUDA
+# vLLM's names: decode-only steps as whole captured graphs, and (piecewise) steps with prefill chunks too.
+CUDAGRAPH_MODES = ("full_and_piecewise", "full_decode_only")
 
 
 @dataclass
@@ -38,6 +40,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     enforce_eager: bool = False
+    cudagraph_mode: str = "full_decode_only"  # CUDA graphs for which steps (enforce_eager: none)
     async_scheduling: bool | None = None  # overlap the host's step work with the device; None: on for CUDA
     revision: str | None = None
     trust_remote_code: bool = False
@@ -63,6 +66,11 @@ class EngineConfig:
         if self.kv_cache_memory_gb is not None and not 0 < self.kv_cache_memory_gb < float("inf"):
             raise InvalidParameterError(f"kv_cache_memory_gb must be a number of GiB > 0, got "
                                         f"{self.kv_cache_memory_gb!r}", param="kv_cache_memory_gb")
+        self.cudagraph_mode = str(self.cudagraph_mode).lower()  # vLLM writes FULL_AND_PIECEWISE
+        if self.cudagraph_mode not in CUDAGRAPH_MODES:
+            raise InvalidParameterError(f"cudagraph_mode must be one of {', '.join(CUDAGRAPH_MODES)}; got "
+                                        f"{self.cudagraph_mode!r} (enforce_eager turns CUDA graphs off)",
+                                        param="cudagraph_mode")
         if self.dtype not in ("auto", "float32", "float", "bfloat16", "float16", "half"):
             raise InvalidParameterError(
                 f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}", param="dtype")

@@ -117,7 +117,7 @@ class ModelRunner:
                                               max_blocks=-(-max_model_len // self.block_size), device=self.device)
             self.decode_graphs.capture()
         self.prefill_graphs = None  # steps with prefill chunks: pieces between attention calls, per token bucket
-        if self.device.type == "cuda" and not config.enforce_eager:
+        if self.device.type == "cuda" and not config.enforce_eager and config.cudagraph_mode == "full_and_piecewise":
             self.prefill_graphs = PiecewiseGraphs(
                 self.model, self.attention, max_tokens=config.max_num_batched_tokens, num_heads=attn.num_heads,
                 num_kv_heads=self.kv_spec.num_kv_heads, head_dim=self.kv_spec.head_dim, dtype=self.kv_spec.dtype,

@@ -40,7 +40,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     enforce_eager: bool = False
-    cudagraph_mode: str = "full_decode_only"  # CUDA graphs for which steps (enforce_eager: none)
+    cudagraph_mode: str = "full_and_piecewise"  # CUDA graphs for which steps (enforce_eager: none); as vLLM
     async_scheduling: bool | None = None  # overlap the host's step work with the device; None: on for CUDA
     revision: str | None = None
     trust_remote_code: bool = False

@@ -7,8 +7,9 @@ import pytest
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.outputs import CompletionOutput
 from pegboard.server.errors import APIError
-from pegboard.server.protocol import (DEFAULT_MAX_PROMPTS, DEFAULT_MAX_SEQUENCES, MAX_N, RequestLimits, ServedModel,
+from pegboard.server.protocol import (DEFAULT_MAX_PROMPTS, DEFAULT_MAX_SEQUENCES, RequestLimits, ServedModel,
                                       parse_chat_request, parse_completion_request)
+from pegboard.server.schemas import MAX_N
 from pegboard.server.streaming import ChoiceStream
 
 MODEL = ServedModel(names=("m", "alias"), vocab_size=100, max_model_len=64, grammars=frozenset())
@@ -27,7 +28,7 @@ def test_the_four_prompt_shapes(prompt, expected):
 def test_completion_defaults_follow_openai():
     parsed = parse_completion_request({"prompt": "x"}, MODEL)
     assert (parsed.model, parsed.params.max_tokens, parsed.params.n, parsed.params.temperature) == ("m", 16, 1, 1.0)
-    assert not parsed.stream and not parsed.echo and parsed.params.logprobs is None
+    assert not parsed.body.stream and not parsed.body.echo and parsed.params.logprobs is None
 
 
 def test_echo_with_max_tokens_0_asks_for_prompt_logprobs_only():

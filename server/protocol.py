@@ -21,35 +21,33 @@ DEFAULT_MAX_PROMPTS = 128  # prompts in one /v1/completions request (--max-promp
 DEFAULT_MAX_SEQUENCES = 256  # n x prompts in one request (--max-sequences-per-request): two default batches
 
 _UNSUPPORTED = "is not supported by this server"
+_ONLY_NONE_OR_AUTO = "is not supported by this server (only \"none\" or \"auto\" without tools)"
 # vLLM's fields whose feature this server lacks: (the value, or a tuple of values, asking for nothing; why anything
 # else is refused).
 REFUSED: dict[str, tuple[Any, str]] = {
+    **dict.fromkeys(("allowed_token_ids", "logprob_token_ids", "logits_processors", "prompt_embeds", "session_id",
+                     "repetition_detection", "thinking_token_budget", "guided_whitespace_pattern"),
+                    (None, _UNSUPPORTED)),
+    **dict.fromkeys(("kv_transfer_params", "ec_transfer_params"), (None, "is not supported: no disaggregated serving")),
     "use_beam_search": (False, "is not supported: beam search is not implemented"),
     "length_penalty": (1.0, "applies to beam search, which is not implemented"),
-    "watermarking": (False, _UNSUPPORTED),
+    "watermarking": (False, _UNSUPPORTED), "bad_words": ([], _UNSUPPORTED),
     "spaces_between_special_tokens": (True, "is not supported: only true (the default) is"),
-    "allowed_token_ids": (None, _UNSUPPORTED), "logprob_token_ids": (None, _UNSUPPORTED),
-    "bad_words": ([], _UNSUPPORTED), "logits_processors": (None, _UNSUPPORTED),
-    "prompt_embeds": (None, _UNSUPPORTED), "priority": (0, "is not supported: the scheduler is first come first served"),
-    "session_id": (None, _UNSUPPORTED), "cache_salt": (None, "is not supported: the prefix cache has no salts"),
-    "kv_transfer_params": (None, "is not supported: there is no disaggregated serving"),
-    "ec_transfer_params": (None, "is not supported: there is no disaggregated serving"),
+    "priority": (0, "is not supported: the scheduler is first come first served"),
+    "cache_salt": (None, "is not supported: the prefix cache has no salts"),
     "vllm_xargs": (None, "is not supported: no extension reads it"),
-    "repetition_detection": (None, _UNSUPPORTED), "thinking_token_budget": (None, _UNSUPPORTED),
     "stream_interval": (1, "is not supported: every token is streamed as it comes"),
     "routed_experts_prompt_start": (0, _UNSUPPORTED), "return_token_offsets": (False, _UNSUPPORTED),
-    "return_mm_kwargs": (True, _UNSUPPORTED), "guided_decoding_backend": (None, "is not supported: the grammar "
-                                                                               "plugins decide the backend"),
-    "guided_whitespace_pattern": (None, _UNSUPPORTED),
+    "return_mm_kwargs": (True, _UNSUPPORTED),
+    "guided_decoding_backend": (None, "is not supported: the grammar plugins decide the backend"),
 }
 CHAT_REFUSED = {
-    **REFUSED, "tools": (None, _UNSUPPORTED), "functions": (None, _UNSUPPORTED), "audio": (None, _UNSUPPORTED),
+    **REFUSED, **dict.fromkeys(("tools", "functions", "audio", "reasoning_effort", "media_io_kwargs",
+                                "mm_processor_kwargs"), (None, _UNSUPPORTED)),
     "parallel_tool_calls": (None, "applies to tools, which this server does not support"),
-    "tool_choice": (("none", "auto"), "is not supported by this server (only \"none\" or \"auto\" without tools)"),
-    "function_call": (("none", "auto"), "is not supported by this server (only \"none\" or \"auto\" without tools)"),
+    "tool_choice": (("none", "auto"), _ONLY_NONE_OR_AUTO), "function_call": (("none", "auto"), _ONLY_NONE_OR_AUTO),
     "modalities": (["text"], "only [\"text\"] is supported"),
-    "reasoning_effort": (None, _UNSUPPORTED), "include_reasoning": (True, _UNSUPPORTED),
-    "echo": (False, _UNSUPPORTED), "media_io_kwargs": (None, _UNSUPPORTED), "mm_processor_kwargs": (None, _UNSUPPORTED),
+    "include_reasoning": (True, _UNSUPPORTED), "echo": (False, _UNSUPPORTED),
     "chat_template": (None, "is refused: a request may not bring its own template (vLLM's default too)"),
 }
 

@@ -71,8 +71,8 @@ class StructuredOutputs(Strict):
     disable_fallback: bool = False
 
 
-class Guided(Strict):
-    """The structured-output fields both routes share (vLLM's current and older names, OpenAI's)."""
+class SamplingBody(Strict):
+    """The fields both generating routes share."""
 
     model_config = ConfigDict(extra="ignore")
     response_format: ResponseFormat | None = None
@@ -82,11 +82,6 @@ class Guided(Strict):
     guided_choice: list[str] | None = None
     guided_grammar: str | None = None
     structural_tag: str | None = None
-
-
-class SamplingBody(Guided):
-    """The fields both generating routes share."""
-
     model: str | None = None
     n: int = Field(1, ge=1, le=MAX_N)
     temperature: float = Field(1.0, ge=0)
@@ -187,19 +182,27 @@ def validate(schema: type[Schema], body: dict[str, Any]) -> Schema:
     try:
         return schema.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        param = ""
-        for part in error["loc"]:
-            if isinstance(part, int):
-                param += f"[{part}]"
-            elif _PATH_PART.fullmatch(part) and part not in _TYPE_NAMES:
-                param += f".{part}" if param else part
-            else:
-                break
-        if error["type"] == "missing":
+        errors = [(*_field_of(error["loc"]), error) for error in exc.errors(include_url=False)]
+        param = errors[0][0]
+        if errors[0][2]["type"] == "missing" and not errors[0][1]:
             raise invalid(param, "is required") from None
-        raise invalid(param, f"is invalid: {error['msg'][0].lower()}{error['msg'][1:]}, got "
-                             f"{_show(error['input'])}") from None
+        # a field of several types fails once per type: say what each wanted
+        wanted = ", or ".join(f"{f'at {rest}: ' if rest else ''}{error['msg'][0].lower()}{error['msg'][1:]}"
+                              for name, rest, error in errors[:3] if name == param)
+        raise invalid(param, f"is invalid ({wanted}), got {_show(errors[0][2]['input'])}") from None
+
+
+def _field_of(loc: tuple[int | str, ...]) -> tuple[str, str]:
+    """(the field a pydantic error location names, the rest of it inside a type of a union)."""
+    path = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _PATH_PART.fullmatch(part) and part not in _TYPE_NAMES:
+            path += f".{part}" if path else part
+        else:
+            return path, "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[i + 1:]).lstrip(".")
+    return path, ""
 
 
 def invalid(name: str, message: str) -> InvalidParameterError:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from pegboard.core.grammar_processor import GRAMMAR_FIELD
-from pegboard.server.schemas import Guided, invalid
+from pegboard.server.schemas import SamplingBody, invalid
 
 # vLLM's StructuredOutputsParams field -> grammar kind; the older top-level guided_* fields map the same way.
 KINDS = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar",
@@ -22,7 +22,7 @@ OLDER_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice":
 OPTIONS = ("disable_any_whitespace", "disable_additional_properties", "whitespace_pattern", "disable_fallback")
 
 
-def grammar_request(body: Guided, grammars: frozenset[str]) -> dict[str, Any]:
+def grammar_request(body: SamplingBody, grammars: frozenset[str]) -> dict[str, Any]:
     """``{"grammar": {"kind", "spec"}}`` for the body's one constraint, ``{}`` without one."""
     found = [(field, KINDS[name], getattr(body, field)) for field, name in OLDER_FIELDS.items()
              if getattr(body, field) is not None]

@@ -18,6 +18,7 @@ from pegboard.server.chat import create_chat_completion
 from pegboard.server.completions import create_completion
 from pegboard.server.errors import EXCEPTION_HANDLERS, APIError, error_response
 from pegboard.server.protocol import RequestLimits
+from pegboard.server.schemas import openapi_schema
 from pegboard.server.served_name import default_served_name
 from pegboard.server.state import ServerState, state_of
 from pegboard.server.tokenize import detokenize, tokenize
@@ -27,13 +28,13 @@ OPEN_PATHS = frozenset({"/health"})  # answered without the API key
 
 def build_app(engine: AsyncLLMEngine, served_model_names: tuple[str, ...] | None = None, *,
               api_key: str | None = None, chat_template: str | None = None,
-              limits: RequestLimits | None = None) -> Starlette:
+              limits: RequestLimits | None = None, response_role: str = "assistant") -> Starlette:
     """The app serving ``engine`` under ``served_model_names`` (default: the model as given, a path's last part),
     plus plugin routes."""
     names = tuple(served_model_names or (default_served_name(engine.engine.config.model),))
     middleware = [Middleware(APIKeyMiddleware, api_key=api_key)] if api_key else []
     app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
-    app.state.pegboard = ServerState.of(engine, names, chat_template, limits)
+    app.state.pegboard = ServerState.of(engine, names, chat_template, limits, response_role)
     engine.engine.board.pm.hook.register_routes(app=app, engine=engine)
     return app
 
@@ -92,6 +93,11 @@ async def version(request: Request) -> JSONResponse:
     return JSONResponse({"version": __version__})
 
 
+async def openapi(request: Request) -> JSONResponse:
+    """GET /openapi.json: the POST bodies' schemas, generated from their pydantic models."""
+    return JSONResponse(openapi_schema())
+
+
 ROUTES = [
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", get_model, methods=["GET"]),
@@ -101,4 +107,5 @@ ROUTES = [
     Route("/detokenize", detokenize, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
     Route("/version", version, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -50,15 +50,16 @@ class TextOffset:
 
 
 def completion_logprobs(token_ids: Sequence[int], positions: Sequence[PositionLogprobs | None], offset: TextOffset,
-                        bytes_of: BytesOf) -> dict[str, list]:
-    """The legacy ``logprobs`` object of some tokens, starting (and advancing) at text ``offset``."""
+                        bytes_of: BytesOf, by_id: bool = False) -> dict[str, list]:
+    """The legacy ``logprobs`` object of some tokens, starting (and advancing) at text ``offset``; ``by_id``
+    names every token ``token_id:N`` (vLLM's return_tokens_as_token_ids)."""
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     top_logprobs: list[dict[str, float] | None] = []
     text_offset: list[int] = []
     for token_id, entry in zip(token_ids, positions):
         data = token_bytes(token_id, entry, bytes_of)
-        tokens.append(token_name(token_id, data))
+        tokens.append(token_name(token_id, None if by_id else data))
         text_offset.append(offset.chars)
         offset.advance(token_id, data)
         if entry is None:  # the first prompt token has no logprob
@@ -66,17 +67,17 @@ def completion_logprobs(token_ids: Sequence[int], positions: Sequence[PositionLo
             top_logprobs.append(None)
             continue
         token_logprobs.append(_finite(entry[token_id].logprob))
-        top_logprobs.append(_top_by_name(entry, bytes_of))
+        top_logprobs.append(_top_by_name(entry, bytes_of, by_id))
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
             "text_offset": text_offset}
 
 
-def _top_by_name(entry: PositionLogprobs, bytes_of: BytesOf) -> dict[str, float]:
+def _top_by_name(entry: PositionLogprobs, bytes_of: BytesOf, by_id: bool) -> dict[str, float]:
     """{token name: logprob} for every token of a position; a token whose bytes another token already has (two
     vocabulary entries with one spelling) is keyed ``token_id:N``, so no alternative is lost."""
     top: dict[str, float] = {}
     for token_id, logprob in entry.items():
-        name = token_name(token_id, token_bytes(token_id, entry, bytes_of))
+        name = token_name(token_id, None if by_id else token_bytes(token_id, entry, bytes_of))
         top[token_name(token_id, None) if name in top else name] = _finite(logprob.logprob)
     return top
 
@@ -87,20 +88,29 @@ def merge_completion_logprobs(first: dict[str, list], second: dict[str, list]) -
 
 
 def chat_logprobs(token_ids: Sequence[int], positions: Sequence[PositionLogprobs], top_k: int,
-                  bytes_of: BytesOf) -> list[dict[str, object]]:
-    """The chat ``logprobs.content`` list of some tokens, each with its ``top_k`` most likely alternatives."""
+                  bytes_of: BytesOf, by_id: bool = False) -> list[dict[str, object]]:
+    """The chat ``logprobs.content`` list of some tokens, each with its ``top_k`` most likely alternatives
+    (``by_id``: named ``token_id:N``)."""
     content = []
     for token_id, entry in zip(token_ids, positions):
         best = sorted(entry.items(), key=lambda item: -item[1].logprob)[:top_k]
-        content.append({**_chat_token(token_id, entry, bytes_of),
-                        "top_logprobs": [_chat_token(t, entry, bytes_of) for t, _ in best]})
+        content.append({**_chat_token(token_id, entry, bytes_of, by_id),
+                        "top_logprobs": [_chat_token(t, entry, bytes_of, by_id) for t, _ in best]})
     return content
 
 
-def _chat_token(token_id: int, entry: PositionLogprobs, bytes_of: BytesOf) -> dict[str, object]:
+def _chat_token(token_id: int, entry: PositionLogprobs, bytes_of: BytesOf, by_id: bool) -> dict[str, object]:
     data = token_bytes(token_id, entry, bytes_of)
-    return {"token": token_name(token_id, data), "logprob": _finite(entry[token_id].logprob),
+    return {"token": token_name(token_id, None if by_id else data), "logprob": _finite(entry[token_id].logprob),
             "bytes": None if data is None else list(data)}
+
+
+def prompt_logprobs(positions: Sequence[PositionLogprobs | None]) -> list[dict[str, dict] | None]:
+    """vLLM's ``prompt_logprobs``: per prompt position (the first has none) {token id: {logprob, rank,
+    decoded_token}} for the prompt's token and the top alternatives."""
+    return [None if entry is None else {str(t): {"logprob": _finite(lp.logprob), "rank": lp.rank,
+                                                 "decoded_token": lp.decoded_token} for t, lp in entry.items()}
+            for entry in positions]
 
 
 def _finite(value: float) -> float:

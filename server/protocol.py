@@ -1,8 +1,8 @@
-"""The two POST schemas: a JSON body in, a validated CompletionRequest or ChatRequest (with SamplingParams) out.
+"""The two POST routes' requests: a JSON body in (schemas.py checks its types), a CompletionRequest or ChatRequest
+with SamplingParams out, checked against the served model and the server's limits.
 
-Fields the server does not know are ignored (as vLLM does, so clients that send newer OpenAI fields keep
-working); known fields whose feature is missing (tools, suffix, best_of, audio, a response_format without a
-grammar plugin) are a 400 naming the field.
+Every field vLLM takes is honoured or, when its feature is missing, a 400 naming it (REFUSED); unknown fields are
+ignored, as in vLLM (tests/test_server_vllm_fields.py walks vLLM's list).
 """
 
 from __future__ import annotations
@@ -10,19 +10,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pegboard.core.grammar_processor import GRAMMAR_FIELD
 from pegboard.core.sampling_params import SamplingParams
 from pegboard.server.errors import APIError
-from pegboard.server.fields import (INT64_MAX, INT64_MIN, get_bool, get_int, get_number, get_object, get_str,
-                                    get_token_ids, invalid, is_int, is_number, is_token_ids)
+from pegboard.server.schemas import (INT64_MAX, ChatBody, CompletionBody, Message, SamplingBody, invalid,
+                                     validate)
+from pegboard.server.structured_outputs import grammar_request
 
-MAX_N = 128
-MAX_LOGPROBS = 20
+MAX_LOGPROBS = 20  # --max-logprobs (vLLM's default); the engine computes at most this many
 DEFAULT_MAX_PROMPTS = 128  # prompts in one /v1/completions request (--max-prompts-per-request)
 DEFAULT_MAX_SEQUENCES = 256  # n x prompts in one request (--max-sequences-per-request): two default batches
-CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
-# vLLM's guided-decoding extras -> the grammar kind a plugin registers for them.
-GUIDED_FIELDS = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice"}
+
+_UNSUPPORTED = "is not supported by this server"
+_ONLY_NONE_OR_AUTO = "is not supported by this server (only \"none\" or \"auto\" without tools)"
+# vLLM's fields whose feature this server lacks: (the value, or a tuple of values, asking for nothing; why anything
+# else is refused).
+REFUSED: dict[str, tuple[Any, str]] = {
+    **dict.fromkeys(("allowed_token_ids", "logprob_token_ids", "logits_processors", "prompt_embeds", "session_id",
+                     "repetition_detection", "thinking_token_budget", "guided_whitespace_pattern"),
+                    (None, _UNSUPPORTED)),
+    **dict.fromkeys(("kv_transfer_params", "ec_transfer_params"), (None, "is not supported: no disaggregated serving")),
+    "use_beam_search": (False, "is not supported: beam search is not implemented"),
+    "length_penalty": (1.0, "applies to beam search, which is not implemented"),
+    "watermarking": (False, _UNSUPPORTED), "bad_words": ([], _UNSUPPORTED),
+    "spaces_between_special_tokens": (True, "is not supported: only true (the default) is"),
+    "priority": (0, "is not supported: the scheduler is first come first served"),
+    "cache_salt": (None, "is not supported: the prefix cache has no salts"),
+    "vllm_xargs": (None, "is not supported: no extension reads it"),
+    "stream_interval": (1, "is not supported: every token is streamed as it comes"),
+    "routed_experts_prompt_start": (0, _UNSUPPORTED), "return_token_offsets": (False, _UNSUPPORTED),
+    "return_mm_kwargs": (True, _UNSUPPORTED),
+    "guided_decoding_backend": (None, "is not supported: the grammar plugins decide the backend"),
+}
+CHAT_REFUSED = {
+    **REFUSED, **dict.fromkeys(("tools", "functions", "audio", "reasoning_effort", "media_io_kwargs",
+                                "mm_processor_kwargs"), (None, _UNSUPPORTED)),
+    "parallel_tool_calls": (None, "applies to tools, which this server does not support"),
+    "tool_choice": (("none", "auto"), _ONLY_NONE_OR_AUTO), "function_call": (("none", "auto"), _ONLY_NONE_OR_AUTO),
+    "modalities": (["text"], "only [\"text\"] is supported"),
+    "include_reasoning": (True, _UNSUPPORTED), "echo": (False, _UNSUPPORTED),
+    "chat_template": (None, "is refused: a request may not bring its own template (vLLM's default too)"),
+}
 
 
 @dataclass(frozen=True)
@@ -35,9 +62,9 @@ class ServedModel:
     grammars: frozenset[str]
     longest_token_chars: int | None = None  # characters of the tokenizer's longest token (None: no tokenizer)
 
-    def check_name(self, body: dict[str, Any]) -> str:
+    def check_name(self, name: str | None) -> str:
         """The model a request names (default: the first served name); 404 when it is not served."""
-        name = get_str(body, "model", self.names[0])
+        name = self.names[0] if name is None else name
         if name not in self.names:
             raise APIError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
         return name
@@ -49,6 +76,7 @@ class RequestLimits:
 
     max_prompts: int = DEFAULT_MAX_PROMPTS
     max_sequences: int = DEFAULT_MAX_SEQUENCES  # n x prompts
+    max_logprobs: int = MAX_LOGPROBS  # logprobs, top_logprobs, prompt_logprobs
 
     def check_sequences(self, n: int, num_prompts: int) -> None:
         """400 when n x prompts exceeds max_sequences (naming ``n`` when it is above 1, else ``prompt``)."""
@@ -58,19 +86,24 @@ class RequestLimits:
                           f"asks for {n * num_prompts} sequences ({asked}); this server allows at most "
                           f"{self.max_sequences} per request (--max-sequences-per-request)")
 
+    def check_logprobs(self, name: str, value: int | None) -> None:
+        if value is not None and value > self.max_logprobs:
+            raise invalid(name, f"must be at most {self.max_logprobs} (--max-logprobs), got {value}")
+
 
 @dataclass(frozen=True)
 class CompletionRequest:
     """A validated POST /v1/completions body."""
 
     model: str
+    body: CompletionBody
     prompts: list[str | list[int]]
     params: SamplingParams
-    stream: bool
-    include_usage: bool
-    echo: bool
-    echo_only: bool  # max_tokens 0 with echo: answer with the prompt (and its logprobs) only
-    return_token_ids: bool
+
+    @property
+    def echo_only(self) -> bool:
+        """max_tokens 0 with echo: answer with the prompt (and its logprobs) only."""
+        return self.body.max_tokens == 0
 
 
 @dataclass(frozen=True)
@@ -78,212 +111,119 @@ class ChatRequest:
     """A validated POST /v1/chat/completions body."""
 
     model: str
+    body: ChatBody
     messages: list[dict[str, str]]
-    add_generation_prompt: bool
     params: SamplingParams
-    stream: bool
-    include_usage: bool
-    return_token_ids: bool
 
 
 def parse_completion_request(body: dict[str, Any], model: ServedModel, limits: RequestLimits = RequestLimits()
                              ) -> CompletionRequest:
     """Validate a completions body."""
-    name = model.check_name(body)
-    prompts = _prompts(body.get("prompt"), model.vocab_size, limits.max_prompts)
-    echo = get_bool(body, "echo", False)
-    max_tokens = get_int(body, "max_tokens", 16, lo=0 if echo else 1)
-    logprobs = get_int(body, "logprobs", None, lo=0, hi=MAX_LOGPROBS)
-    if body.get("suffix"):
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) and len(prompt) > limits.max_prompts:
+        raise invalid("prompt", f"holds {len(prompt)} prompts; this server takes at most {limits.max_prompts} per "
+                                "request (--max-prompts-per-request)")  # counted before any prompt is looked at
+    refuse(body, REFUSED)
+    request = validate(CompletionBody, body)
+    name = model.check_name(request.model)
+    prompts = _prompts(request.prompt, model.vocab_size)
+    if request.max_tokens == 0 and not request.echo:
+        raise invalid("max_tokens", "must be at least 1 (0 only with echo), got 0")
+    if request.suffix:
         raise invalid("suffix", "is not supported")
-    n = get_int(body, "n", 1, lo=1, hi=MAX_N)
-    if get_int(body, "best_of", n, lo=1, hi=MAX_N) != n:
+    if request.best_of not in (None, request.n):
         raise invalid("best_of", "is not supported (it must be null or equal to n)")
-    limits.check_sequences(n, len(prompts))
-    params = _sampling_params(body, model, n=n, max_tokens=max_tokens or 1, logprobs=logprobs,
-                              prompt_logprobs=logprobs if echo else None)
-    stream, include_usage = _stream_fields(body)
-    return CompletionRequest(name, prompts, params, stream, include_usage, echo, max_tokens == 0,
-                             get_bool(body, "return_token_ids", False))
+    limits.check_sequences(request.n, len(prompts))
+    limits.check_logprobs("logprobs", request.logprobs)
+    prompt_logprobs = request.logprobs if request.prompt_logprobs is None and request.echo else request.prompt_logprobs
+    params = _sampling_params(request, model, limits, max_tokens=request.max_tokens or 1, logprobs=request.logprobs,
+                              prompt_logprobs=prompt_logprobs)
+    return CompletionRequest(name, request, prompts, params)
 
 
 def parse_chat_request(body: dict[str, Any], model: ServedModel, limits: RequestLimits = RequestLimits()
                        ) -> ChatRequest:
     """Validate a chat completions body."""
-    name = model.check_name(body)
-    messages = parse_messages(body.get("messages"))
-    _reject_tools(body)
-    max_tokens = get_int(body, "max_completion_tokens", None, lo=1)
-    if max_tokens is None:
-        max_tokens = get_int(body, "max_tokens", None, lo=1)
-    top_logprobs = get_int(body, "top_logprobs", None, lo=0, hi=MAX_LOGPROBS)
-    if not get_bool(body, "logprobs", False):
-        if top_logprobs is not None:
-            raise invalid("top_logprobs", "needs 'logprobs' set to true")
-    elif top_logprobs is None:
-        top_logprobs = 0
-    n = get_int(body, "n", 1, lo=1, hi=MAX_N)
-    limits.check_sequences(n, 1)
-    params = _sampling_params(body, model, n=n, max_tokens=max_tokens, logprobs=top_logprobs, prompt_logprobs=None)
-    stream, include_usage = _stream_fields(body)
-    return ChatRequest(name, messages, get_bool(body, "add_generation_prompt", True), params, stream,
-                       include_usage, get_bool(body, "return_token_ids", False))
+    refuse(body, CHAT_REFUSED)
+    request = validate(ChatBody, body)
+    name = model.check_name(request.model)
+    messages = chat_messages(request.messages)
+    if request.continue_final_message and request.add_generation_prompt:
+        raise invalid("continue_final_message", "cannot be used with add_generation_prompt (set it to false)")
+    max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+    if not request.logprobs and request.top_logprobs is not None:
+        raise invalid("top_logprobs", "needs 'logprobs' set to true")
+    top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
+    limits.check_sequences(request.n, 1)
+    limits.check_logprobs("top_logprobs", top_logprobs)
+    params = _sampling_params(request, model, limits, max_tokens=max_tokens, logprobs=top_logprobs,
+                              prompt_logprobs=request.prompt_logprobs)
+    return ChatRequest(name, request, messages, params)
 
 
-def _prompts(value: object, vocab_size: int, max_prompts: int) -> list[str | list[int]]:
-    """A string, a list of strings, a list of token ids, or a list of at most ``max_prompts`` of either
-    (counted before any prompt is looked at, so a million prompts cost no more than their count)."""
+def refuse(body: dict[str, Any], refused: dict[str, tuple[Any, str]]) -> None:
+    """400 for the first field asking for a missing feature (null or the field's default asks for nothing)."""
+    for name, (default, why) in refused.items():
+        value = body.get(name)
+        accepted = default if isinstance(default, tuple) else (default,)
+        if value is not None and not any(value == a and isinstance(value, bool) == isinstance(a, bool)
+                                         for a in accepted):
+            raise invalid(name, why)
+
+
+def _prompts(value: str | list, vocab_size: int) -> list[str | list[int]]:
+    """A string, a list of strings, a list of token ids, or a list of token-id lists."""
     if isinstance(value, str):
         return [value]
-    if isinstance(value, list) and value and isinstance(value[0], (str, list)) and len(value) > max_prompts:
-        raise invalid("prompt", f"holds {len(value)} prompts; this server takes at most {max_prompts} per request "
-                                "(--max-prompts-per-request)")
-    if isinstance(value, list) and value:
-        if all(isinstance(p, str) for p in value):
-            return list(value)
-        if all(is_int(t) for t in value):
-            if is_token_ids(value, vocab_size):
-                return [value]
-        elif all(isinstance(p, list) and p and is_token_ids(p, vocab_size) for p in value):
-            return list(value)
-    if value is None:
-        raise invalid("prompt", "is required")
+    if value and isinstance(value[0], int):
+        value = [value]
+    if value and all(isinstance(p, str) or (p and all(t < vocab_size for t in p)) for p in value):
+        return list(value)
     raise invalid("prompt", "must be a string, a non-empty list of strings, a list of token ids in "
                             f"[0, {vocab_size}), or a non-empty list of non-empty token-id lists")
 
 
-def parse_messages(value: object) -> list[dict[str, str]]:
-    """Chat messages as {"role", "content"} with text content (content parts joined by newlines)."""
-    if not isinstance(value, list) or not value:
-        raise invalid("messages", "must be a non-empty list of messages")
-    messages = []
-    for i, message in enumerate(value):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise invalid(where, "must be an object with 'role' and 'content'")
-        role = message.get("role")
-        if role not in CHAT_ROLES:
-            raise invalid(f"{where}.role", f"must be one of {', '.join(CHAT_ROLES)}")
-        content = _content(message.get("content"), f"{where}.content", nullable=role == "assistant")
-        entry = {"role": "system" if role == "developer" else role, "content": content}
-        name = message.get("name")
-        if name is not None:
-            if not isinstance(name, str):
-                raise invalid(f"{where}.name", "must be a string")
-            entry["name"] = name
-        messages.append(entry)
-    return messages
+def chat_messages(messages: list[Message]) -> list[dict[str, str]]:
+    """Messages as the chat template takes them: text content (parts joined by newlines), developer as system."""
+    entries = []
+    for i, message in enumerate(messages):
+        if message.content is None and message.role != "assistant":
+            raise invalid(f"messages[{i}].content", "is required")
+        content = message.content or ""
+        entry = {"role": "system" if message.role == "developer" else message.role,
+                 "content": content if isinstance(content, str) else "\n".join(part.text for part in content)}
+        if message.name is not None:
+            entry["name"] = message.name
+        entries.append(entry)
+    return entries
 
 
-def _content(value: object, where: str, nullable: bool) -> str:
-    if isinstance(value, str) or (value is None and nullable):
-        return value or ""
-    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
-        texts = [p.get("text") for p in value if p.get("type") == "text"]
-        if len(texts) == len(value) and all(isinstance(t, str) for t in texts):
-            return "\n".join(texts)
-        raise invalid(where, "parts must all be {\"type\": \"text\", \"text\": ...} (only text is supported)")
-    raise invalid(where, "must be a string or a list of text parts")
-
-
-def _reject_tools(body: dict[str, Any]) -> None:
-    """Tool calling and audio are not supported: asking for them is an error rather than silently ignored."""
-    for name in ("tools", "functions", "audio"):
-        if body.get(name):
-            raise invalid(name, "is not supported by this server")
-    for name in ("tool_choice", "function_call"):
-        if body.get(name) not in (None, "none", "auto"):
-            raise invalid(name, "is not supported by this server (only \"none\" or \"auto\" without tools)")
-    if body.get("modalities") not in (None, ["text"]):
-        raise invalid("modalities", "only [\"text\"] is supported")
-
-
-def _stream_fields(body: dict[str, Any]) -> tuple[bool, bool]:
-    stream = get_bool(body, "stream", False)
-    options = get_object(body, "stream_options")
-    if options is not None and not stream:
-        raise invalid("stream_options", "is only allowed when 'stream' is true")
-    return stream, get_bool(options or {}, "include_usage", False)
-
-
-def _sampling_params(body: dict[str, Any], model: ServedModel, *, n: int, max_tokens: int | None,
+def _sampling_params(request: SamplingBody, model: ServedModel, limits: RequestLimits, *, max_tokens: int | None,
                      logprobs: int | None, prompt_logprobs: int | None) -> SamplingParams:
-    """The sampling fields both endpoints share (OpenAI's plus vLLM's extras)."""
-    get_str(body, "user")  # accepted (and unused) when it is a string
+    """The sampling fields both routes share, checked against the model (token ids) and the limits."""
+    limits.check_logprobs("prompt_logprobs", request.prompt_logprobs)
+    if request.prompt_logprobs is not None and request.stream:
+        raise invalid("prompt_logprobs", "is not available when 'stream' is true")
+    options = request.stream_options
+    if options is not None and not request.stream:
+        raise invalid("stream_options", "is only allowed when 'stream' is true")
+    if options is not None and options.continuous_usage_stats and not options.include_usage:
+        raise invalid("stream_options", "continuous_usage_stats needs include_usage set to true")
+    if request.seed is not None and request.seed > INT64_MAX - request.n:
+        raise invalid("seed", f"must be at most {INT64_MAX - request.n} with n={request.n}, got {request.seed}")
+    if max_tokens is not None and request.min_tokens > max_tokens:
+        raise invalid("min_tokens", f"({request.min_tokens}) must not exceed max_tokens ({max_tokens})")
+    if request.truncate_prompt_tokens is not None and request.truncate_prompt_tokens > model.max_model_len:
+        raise invalid("truncate_prompt_tokens", f"must be at most max_model_len ({model.max_model_len}) or -1")
+    for name, ids in (("stop_token_ids", request.stop_token_ids),
+                      ("logit_bias", [int(k) if k.isascii() and k.isdigit() else -1 for k in request.logit_bias or {}])):
+        if any(not 0 <= t < model.vocab_size for t in ids):
+            raise invalid(name, f"must name token ids in [0, {model.vocab_size})")
     return SamplingParams(
-        n=n, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-        temperature=get_number(body, "temperature", 1.0, lo=0),
-        top_p=get_number(body, "top_p", 1.0, lo=0, hi=1, lo_open=True),
-        top_k=get_int(body, "top_k", 0, lo=-1),
-        min_p=get_number(body, "min_p", 0.0, lo=0, hi=1),
-        repetition_penalty=get_number(body, "repetition_penalty", 1.0, lo=0, lo_open=True),
-        presence_penalty=get_number(body, "presence_penalty", 0.0, lo=-2, hi=2),
-        frequency_penalty=get_number(body, "frequency_penalty", 0.0, lo=-2, hi=2),
-        logit_bias=_logit_bias(body.get("logit_bias"), model.vocab_size),
-        seed=get_int(body, "seed", None, lo=INT64_MIN, hi=INT64_MAX - n),
-        min_tokens=get_int(body, "min_tokens", 0, lo=0, hi=max_tokens or INT64_MAX),
-        stop=_stop(body.get("stop")),
-        stop_token_ids=get_token_ids(body, "stop_token_ids", model.vocab_size),
-        include_stop_str_in_output=get_bool(body, "include_stop_str_in_output", False),
-        ignore_eos=get_bool(body, "ignore_eos", False),
-        skip_special_tokens=get_bool(body, "skip_special_tokens", True),
-        extra=_guided_decoding(body, model.grammars))
-
-
-def _logit_bias(value: object, vocab_size: int) -> dict[int, float] | None:
-    """{"token id": bias in [-100, 100]}."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise invalid("logit_bias", "must be an object mapping token ids to biases")
-    bias = {}
-    for key, amount in value.items():
-        try:
-            token = int(key)
-        except ValueError:
-            token = -1
-        if not 0 <= token < vocab_size:
-            raise invalid("logit_bias", f"keys must be token ids in [0, {vocab_size}), got {key[:20]!r}")
-        if not is_number(amount) or not -100 <= amount <= 100:
-            raise invalid("logit_bias", f"values must be numbers in [-100, 100], got {str(amount)[:20]}")
-        bias[token] = float(amount)
-    return bias
-
-
-def _stop(value: object) -> list[str]:
-    """A string or a list of non-empty strings."""
-    stops = [value] if isinstance(value, str) else value if value is not None else []
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise invalid("stop", "must be a non-empty string or a list of non-empty strings")
-    return stops
-
-
-def _guided_decoding(body: dict[str, Any], grammars: frozenset[str]) -> dict[str, Any]:
-    """``response_format`` / vLLM's ``guided_*`` as the engine's grammar request (``extra["grammar"]``), if a
-    grammar plugin takes its kind."""
-    specs = [(field, kind, body[field]) for field, kind in GUIDED_FIELDS.items() if body.get(field) is not None]
-    response_format = get_object(body, "response_format")
-    if response_format is not None:
-        kind = response_format.get("type")
-        if kind == "json_schema":
-            schema = get_object(response_format, "json_schema")
-            spec = get_object(schema or {}, "schema")
-            if spec is None:
-                raise invalid("response_format", "of type json_schema needs json_schema.schema (an object)")
-            specs.append(("response_format", "json_schema", spec))
-        elif kind == "json_object":
-            if "json_object" in grammars or "json_schema" not in grammars:
-                specs.append(("response_format", "json_object", {}))
-            else:
-                specs.append(("response_format", "json_schema", {"type": "object"}))
-        elif kind != "text":
-            raise invalid("response_format", "type must be text, json_object or json_schema")
-    if not specs:
-        return {}
-    if len(specs) > 1:
-        raise invalid(specs[1][0], f"cannot be combined with '{specs[0][0]}'")
-    field, kind, spec = specs[0]
-    if kind not in grammars:
-        raise invalid(field, f"needs a grammar plugin that registers {kind!r} (register_grammars); "
-                             f"loaded grammars: {', '.join(sorted(grammars)) or 'none'}")
-    return {GRAMMAR_FIELD: {"kind": kind, "spec": spec}}  # the engine compiles and enforces it per request
+        n=request.n, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+        temperature=request.temperature, top_p=request.top_p, top_k=request.top_k, min_p=request.min_p,
+        repetition_penalty=request.repetition_penalty, presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty, logit_bias=request.logit_bias, seed=request.seed,
+        min_tokens=request.min_tokens, stop=request.stop, stop_token_ids=list(request.stop_token_ids),
+        include_stop_str_in_output=request.include_stop_str_in_output, ignore_eos=request.ignore_eos,
+        skip_special_tokens=request.skip_special_tokens, extra=grammar_request(request, model.grammars))

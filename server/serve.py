@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "error event and [DONE], other requests get 503 (default: 30)")
     add_connection_arguments(group)
     group.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the model's)")
+    group.add_argument("--response-role", default="assistant",
+                       help="the role of chat answers when add_generation_prompt is true (default: assistant)")
     group.add_argument("--ssl-keyfile", help="serve HTTPS with this private key")
     group.add_argument("--ssl-certfile", help="serve HTTPS with this certificate")
 
@@ -72,7 +74,7 @@ def main(args: argparse.Namespace, board: Any) -> int:
                                         max_waiting_requests=args.max_waiting_requests)
     try:
         app = build_app(engine, names, api_key=args.api_key, chat_template=chat_template,
-                        limits=request_limits)
+                        limits=request_limits, response_role=args.response_role)
         server = GracefulServer(ServerConfig(
             app, limits, host=args.host, port=args.port, log_level=args.log_level, ssl_keyfile=args.ssl_keyfile,
             ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=args.shutdown_timeout),

@@ -23,18 +23,19 @@ class ServerState:
     chat_template: str | None = None  # overrides the tokenizer's
     limits: RequestLimits = field(default_factory=RequestLimits)
     token_bytes: TokenBytes | None = None  # each token's exact bytes (None without a tokenizer)
+    response_role: str = "assistant"  # the role of chat answers to a generation prompt (--response-role)
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
     def of(cls, engine: AsyncLLMEngine, served_model_names: tuple[str, ...], chat_template: str | None = None,
-           limits: RequestLimits | None = None) -> "ServerState":
+           limits: RequestLimits | None = None, response_role: str = "assistant") -> "ServerState":
         """The state for serving ``engine`` under the given names."""
         core = engine.engine
         model = ServedModel(names=served_model_names, vocab_size=core.model_info.vocab_size,
                             max_model_len=core.max_model_len, grammars=frozenset(core.board.grammars.names()),
                             longest_token_chars=longest_token_chars(core.tokenizer))
         return cls(engine, model, core.tokenizer, chat_template, limits or RequestLimits(),
-                   core.output_processor.token_bytes)
+                   core.output_processor.token_bytes, response_role)
 
     def bytes_of(self, token_id: int) -> bytes | None:
         """A token's exact bytes (None without a tokenizer)."""

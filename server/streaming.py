@@ -1,5 +1,6 @@
-"""Server-sent events: per-choice text deltas that never show a possible partial stop string, chunk
-envelopes with usage, the event loop over a Generation, and a response that always closes its stream."""
+"""Server-sent events: per-choice text deltas that never show a possible partial stop string, chunk envelopes
+with usage (OpenAI's last chunk, vLLM's continuous usage), the event loop over a Generation, and a response that
+always closes its stream."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from pegboard.core.outputs import CompletionOutput, RequestOutput
+from pegboard.core.sampling_params import SamplingParams
 from pegboard.server.errors import as_api_error, error_body
 from pegboard.server.generation import Generation, unless_disconnected
+from pegboard.server.schemas import StreamOptions
 
 DONE = "data: [DONE]\n\n"
 
@@ -21,13 +24,6 @@ DONE = "data: [DONE]\n\n"
 def sse(data: dict[str, Any]) -> str:
     """One ``data:`` event."""
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-def usage(outputs: list[RequestOutput], count_completion: bool = True) -> dict[str, int]:
-    """OpenAI's usage object: prompt tokens once per prompt, completion tokens of every choice."""
-    prompt = sum(len(o.prompt_token_ids) for o in outputs)
-    completion = sum(len(c.token_ids) for o in outputs for c in o.outputs) if count_completion else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class SSEResponse(StreamingResponse):
@@ -76,24 +72,35 @@ class ChunkWriter:
     """Turns RequestOutputs into chunks (one per advanced choice, index = prompt * n + sequence, as in vLLM)."""
 
     object_name = ""
+    count_completion = True  # whether usage counts the completion tokens
 
-    def __init__(self, request_id: str, model: str, n: int, stop: list[str], include_usage: bool) -> None:
-        self.request_id = request_id
+    def __init__(self, response_id: str, model: str, params: SamplingParams, options: StreamOptions | None,
+                 prompt_tokens: int) -> None:
+        self.request_id = response_id
         self.model = model
         self.created = int(time.time())
-        self.n = n
-        self.hold_back = max((len(s) for s in stop), default=1) - 1
-        self.include_usage = include_usage
+        self.n = params.n
+        self.hold_back = max((len(s) for s in params.stop), default=1) - 1
+        self.include_usage = options is not None and options.include_usage
+        self.continuous_usage = options is not None and options.continuous_usage_stats
+        self.prompt_tokens = prompt_tokens
         self.streams: dict[int, ChoiceStream] = {}
         self.latest: dict[int, RequestOutput] = {}
 
     def envelope(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        """A chunk around some choices (``"usage": null`` when usage comes in a last chunk)."""
+        """A chunk around some choices (with include_usage: ``"usage": null``, or the usage so far with
+        continuous_usage_stats)."""
         chunk = {"id": self.request_id, "object": self.object_name, "created": self.created, "model": self.model,
                  "choices": choices}
         if self.include_usage:
-            chunk["usage"] = None
+            chunk["usage"] = self.usage() if self.continuous_usage else None
         return {**chunk, **extra}
+
+    def usage(self) -> dict[str, int]:
+        """OpenAI's usage object so far: prompt tokens once per prompt, completion tokens of every choice."""
+        completion = sum(len(c.token_ids) for o in self.latest.values() for c in o.outputs) * self.count_completion
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
 
     def start(self) -> list[dict[str, Any]]:
         """Chunks to send before any output."""
@@ -122,6 +129,7 @@ class ChunkWriter:
 
     def all_choices(self, outputs: list[RequestOutput]) -> list[dict[str, Any]]:
         """Every finished choice, in index order."""
+        self.latest = dict(enumerate(outputs))
         return [self.choice(p * self.n + c.index, o, c, c.text, 0, len(c.token_ids))
                 for p, o in enumerate(outputs) for c in o.outputs]
 
@@ -130,9 +138,6 @@ class ChunkWriter:
         if not self.include_usage:
             return []
         return [self.envelope([], usage=self.usage())]
-
-    def usage(self) -> dict[str, int]:
-        return usage(list(self.latest.values()))
 
 
 async def event_stream(generation: Generation, writer: ChunkWriter) -> AsyncIterator[str]:

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from pegboard.server.body import read_json
 from pegboard.server.errors import APIError
-from pegboard.server.fields import get_bool, get_token_ids, invalid
-from pegboard.server.protocol import parse_messages
+from pegboard.server.protocol import ChatRequest, CompletionRequest, chat_messages
+from pegboard.server.schemas import DetokenizeBody, TokenizeBody, invalid, validate
 from pegboard.server.state import ServerState, state_of
+
+RENDER_ARGUMENTS = frozenset({"messages", "add_generation_prompt", "continue_final_message", "documents", "tools",
+                              "chat_template", "tokenize"})  # apply_chat_template's own arguments
 
 
 @dataclass(frozen=True)
@@ -24,33 +30,69 @@ class PromptInput:
     text: str | None
 
 
-async def completion_prompts(state: ServerState, prompts: list[str | list[int]]) -> list[PromptInput]:
-    """Tokenize string prompts (with special tokens, as ``LLM.generate`` does); token ids pass through."""
-    if any(isinstance(p, str) for p in prompts):
+async def completion_prompts(state: ServerState, parsed: CompletionRequest) -> list[PromptInput]:
+    """Tokenize string prompts (with special tokens unless ``add_special_tokens`` is false, as ``LLM.generate``);
+    token ids pass through; then ``truncate_prompt_tokens``."""
+    body = parsed.body
+    if any(isinstance(p, str) for p in parsed.prompts):
         _need_tokenizer(state, "prompt", "send the prompt as token ids")
-    return [PromptInput(await _encode(state, p, True, "prompt"), p) if isinstance(p, str)
-            else PromptInput(p, None) for p in prompts]
+    prompts = [PromptInput(await _encode(state, p, body.add_special_tokens, "prompt"), p) if isinstance(p, str)
+               else PromptInput(p, None) for p in parsed.prompts]
+    return [truncated(prompt, body.truncate_prompt_tokens, body.truncation_side, state) for prompt in prompts]
 
 
-async def chat_prompt(state: ServerState, messages: list[dict[str, str]], add_generation_prompt: bool
-                      ) -> PromptInput:
-    """The chat template applied to the messages, tokenized without special tokens (as ``LLM.chat`` does)."""
-    text = await render_chat(state, messages, add_generation_prompt)
-    return PromptInput(await _encode(state, text, False, "messages"), text)
+async def chat_prompt(state: ServerState, parsed: ChatRequest) -> PromptInput:
+    """The chat template applied to the messages, tokenized without special tokens unless ``add_special_tokens``
+    (as ``LLM.chat`` does), then ``truncate_prompt_tokens``."""
+    body = parsed.body
+    text = await render_chat(state, parsed.messages, body.add_generation_prompt, body.continue_final_message,
+                             body.chat_template_kwargs, body.documents)
+    prompt = PromptInput(await _encode(state, text, body.add_special_tokens, "messages"), text)
+    return truncated(prompt, body.truncate_prompt_tokens, body.truncation_side, state)
 
 
-async def render_chat(state: ServerState, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    """The prompt text the chat template makes of ``messages``; a template error is a 400."""
+def truncated(prompt: PromptInput, keep: int | None, side: str, state: ServerState) -> PromptInput:
+    """The prompt cut to its last (``side`` "left") or first ``keep`` tokens (-1: max_model_len), as vLLM does."""
+    keep = state.model.max_model_len if keep == -1 else keep
+    if keep is None or len(prompt.token_ids) <= keep:
+        return prompt
+    ids = prompt.token_ids[len(prompt.token_ids) - keep:] if side == "left" else prompt.token_ids[:keep]
+    return PromptInput(ids, None)  # the text is the tokens' now (echo decodes them)
+
+
+async def render_chat(state: ServerState, messages: list[dict[str, str]], add_generation_prompt: bool,
+                      continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
+                      documents: list[dict[str, str]] | None = None) -> str:
+    """The prompt text the chat template makes of ``messages``; a template error, or a template variable asked for
+    that the template never reads (``chat_template_kwargs``, ``documents``), is a 400."""
     tokenizer = _need_tokenizer(state, "messages", "use /v1/completions with token ids")
     template = state.chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
         raise invalid("messages", "cannot be used: the model has no chat template (start the server with "
                                   "--chat-template)")
+    kwargs = dict(template_kwargs or {})
+    asked = [(name, "chat_template_kwargs") for name in kwargs]
+    if documents is not None:
+        kwargs["documents"] = documents
+        asked.append(("documents", "documents"))
+    for name, param in asked:
+        if name in RENDER_ARGUMENTS and param != "documents":
+            raise invalid(param, f"cannot set {name!r}: it has its own request field")
+        if name not in template_variables(template):
+            raise invalid(param, f"sets {name!r}, which the chat template does not use")
     try:
         return await asyncio.to_thread(tokenizer.apply_chat_template, messages, chat_template=template,
-                                       tokenize=False, add_generation_prompt=add_generation_prompt)
+                                       tokenize=False, add_generation_prompt=add_generation_prompt,
+                                       continue_final_message=continue_final_message, **kwargs)
     except Exception as exc:  # the template may raise on purpose (e.g. roles must alternate)
         raise invalid("messages", f"were rejected by the chat template: {exc}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def template_variables(template: str) -> frozenset[str]:
+    """The variables a Jinja chat template reads from its caller."""
+    return frozenset(meta.find_undeclared_variables(ImmutableSandboxedEnvironment(
+        extensions=["jinja2.ext.loopcontrols"]).parse(template)))
 
 
 def check_context(state: ServerState, num_prompt_tokens: int, max_tokens: int | None, param: str) -> None:
@@ -91,19 +133,19 @@ def decode(state: ServerState, token_ids: list[int]) -> str:
 async def tokenize(request: Request) -> JSONResponse:
     """POST /tokenize (vLLM's shape): ``prompt`` or ``messages`` -> ``{"count", "max_model_len", "tokens"}``."""
     state = state_of(request)
-    body = await read_json(request)
-    state.model.check_name(body)
-    if body.get("messages") is not None:
-        text = await render_chat(state, parse_messages(body["messages"]),
-                                 get_bool(body, "add_generation_prompt", True))
-        special = get_bool(body, "add_special_tokens", False)
-    elif isinstance(body.get("prompt"), str):
-        text, special = body["prompt"], get_bool(body, "add_special_tokens", True)
+    body = validate(TokenizeBody, await read_json(request))
+    state.model.check_name(body.model)
+    if body.messages is not None:
+        text = await render_chat(state, chat_messages(body.messages), body.add_generation_prompt,
+                                 body.continue_final_message, body.chat_template_kwargs)
+    elif body.prompt is not None:
+        text = body.prompt
     else:
-        raise invalid("prompt", "must be a string (or send 'messages')")
+        raise invalid("prompt", "is required (or send 'messages')")
     _need_tokenizer(state, "prompt", "this server cannot tokenize")
-    ids = await _encode(state, text, special, "messages" if body.get("messages") is not None else "prompt")
-    strs = state.tokenizer.convert_ids_to_tokens(ids) if get_bool(body, "return_token_strs", False) else None
+    special = body.add_special_tokens if body.add_special_tokens is not None else body.messages is None
+    ids = await _encode(state, text, special, "messages" if body.messages is not None else "prompt")
+    strs = state.tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
     return JSONResponse({"count": len(ids), "max_model_len": state.model.max_model_len, "tokens": ids,
                          "token_strs": strs})
 
@@ -111,13 +153,12 @@ async def tokenize(request: Request) -> JSONResponse:
 async def detokenize(request: Request) -> JSONResponse:
     """POST /detokenize (vLLM's shape): ``{"tokens": [ids]}`` -> ``{"prompt": text}``."""
     state = state_of(request)
-    body = await read_json(request)
-    state.model.check_name(body)
-    ids = get_token_ids(body, "tokens", state.model.vocab_size)
-    if ids is None:
-        raise invalid("tokens", "is required")
+    body = validate(DetokenizeBody, await read_json(request))
+    state.model.check_name(body.model)
+    if any(t >= state.model.vocab_size for t in body.tokens):
+        raise invalid("tokens", f"must be a list of token ids in [0, {state.model.vocab_size})")
     _need_tokenizer(state, "tokens", "this server cannot detokenize")
-    return JSONResponse({"prompt": await asyncio.to_thread(decode, state, ids)})
+    return JSONResponse({"prompt": await asyncio.to_thread(decode, state, body.tokens)})
 
 
 def _need_tokenizer(state: ServerState, param: str, hint: str) -> Any:

@@ -247,15 +247,21 @@ def test_a_guided_request_over_http_is_enforced_by_the_registered_grammar(tiny_l
     from pegboard.server.app import build_app
     from pegboard.server.uvicorn_server import serving_in_thread
 
+    class SpelledChoiceGrammar:
+        """guided_choice is a list of strings (vLLM's type); here each string spells token ids ("5 6 7")."""
+
+        def compile(self, spec, *, vocab_size, tokenizer=None):
+            return TokenChoiceMatcher([[int(t) for t in choice.split()] for choice in spec])
+
     class Plugin:
         @hookimpl
         def register_grammars(self, register):
-            register("choice", TokenChoiceGrammar())
+            register("choice", SpelledChoiceGrammar())
 
     engine = AsyncLLMEngine(start_engine(tiny_llama_dir, Plugin()))
     choices = [[5, 6, 7], [5, 9], [11, 3]]
     body = {"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 10, "temperature": 1.0, "return_token_ids": True,
-            "guided_choice": choices}
+            "guided_choice": [" ".join(map(str, c)) for c in choices]}
     try:
         with serving_in_thread(build_app(engine, ("tiny",))) as url:
             for seed in range(3):

@@ -206,3 +206,26 @@ def test_models_health_version_tokenize_detokenize(server, client):
         connection.request("GET", path)
         response = connection.getresponse()
         assert (response.status, response.read()) == (200, expected)
+
+
+# ---- vLLM's extras through the official client ------------------------------------------------------------------
+
+
+def test_vllm_extras_through_the_openai_client(client):
+    prefill = client.chat.completions.create(
+        model="smollm2", messages=[*CHAT, {"role": "assistant", "content": "The capital of France is"}],
+        extra_body={"continue_final_message": True, "add_generation_prompt": False, "return_prompt_text": True},
+        **GREEDY)
+    assert prefill.model_extra["prompt_text"].endswith("The capital of France is")
+    assert "Paris" in prefill.choices[0].message.content  # it goes on with the answer it was given
+    scored = client.completions.create(model="smollm2", prompt=PROMPTS[0], max_tokens=1,
+                                       extra_body={"prompt_logprobs": 1})
+    positions = scored.choices[0].model_extra["prompt_logprobs"]
+    assert positions[0] is None and len(positions) == scored.usage.prompt_tokens
+    chunks = list(client.completions.create(model="smollm2", prompt=PROMPTS[0], stream=True, stream_options={
+        "include_usage": True}, extra_body={"stream_options": {"include_usage": True,
+                                                               "continuous_usage_stats": True}}, **GREEDY))
+    assert [c.usage.completion_tokens for c in chunks if c.choices][-1] == GREEDY["max_tokens"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == GREEDY["max_tokens"]
+    with pytest.raises(openai.BadRequestError, match="use_beam_search"):
+        client.completions.create(model="smollm2", prompt=PROMPTS[0], extra_body={"use_beam_search": True})

@@ -7,8 +7,9 @@ import pytest
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.outputs import CompletionOutput
 from pegboard.server.errors import APIError
-from pegboard.server.protocol import (DEFAULT_MAX_PROMPTS, DEFAULT_MAX_SEQUENCES, MAX_N, RequestLimits, ServedModel,
+from pegboard.server.protocol import (DEFAULT_MAX_PROMPTS, DEFAULT_MAX_SEQUENCES, RequestLimits, ServedModel,
                                       parse_chat_request, parse_completion_request)
+from pegboard.server.schemas import MAX_N
 from pegboard.server.streaming import ChoiceStream
 
 MODEL = ServedModel(names=("m", "alias"), vocab_size=100, max_model_len=64, grammars=frozenset())
@@ -27,7 +28,7 @@ def test_the_four_prompt_shapes(prompt, expected):
 def test_completion_defaults_follow_openai():
     parsed = parse_completion_request({"prompt": "x"}, MODEL)
     assert (parsed.model, parsed.params.max_tokens, parsed.params.n, parsed.params.temperature) == ("m", 16, 1, 1.0)
-    assert not parsed.stream and not parsed.echo and parsed.params.logprobs is None
+    assert not parsed.body.stream and not parsed.body.echo and parsed.params.logprobs is None
 
 
 def test_echo_with_max_tokens_0_asks_for_prompt_logprobs_only():
@@ -118,3 +119,89 @@ def test_a_finished_stream_flushes_the_held_back_text():
     stream = ChoiceStream(hold_back=3)
     assert stream.advance(output("abcdef", 3)) == ("abc", 0, 3)
     assert stream.advance(output("abcdefg", 4, "length")) == ("defg", 3, 4)
+
+
+# ---- structured outputs: every name for a constraint becomes the engine's grammar request -----------------------
+
+ALL_KINDS = with_grammars("json_schema", "json_object", "regex", "choice", "grammar", "structural_tag")
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+@pytest.mark.parametrize("fields, kind, spec", [
+    ({"structured_outputs": {"json": SCHEMA}}, "json_schema", SCHEMA),
+    ({"structured_outputs": {"json": '{"type": "object"}'}}, "json_schema", {"type": "object"}),
+    ({"structured_outputs": {"regex": "[0-9]+"}}, "regex", "[0-9]+"),
+    ({"structured_outputs": {"choice": ["yes", "no"]}}, "choice", ["yes", "no"]),
+    ({"structured_outputs": {"grammar": 'start: "a"+'}}, "grammar", 'start: "a"+'),
+    ({"structured_outputs": {"json_object": True}}, "json_object", {}),
+    ({"structured_outputs": {"structural_tag": '{"format": {}}'}}, "structural_tag", '{"format": {}}'),
+    ({"guided_json": SCHEMA}, "json_schema", SCHEMA), ({"guided_regex": "a|b"}, "regex", "a|b"),
+    ({"guided_choice": ["x"]}, "choice", ["x"]), ({"guided_grammar": 'start: "b"'}, "grammar", 'start: "b"'),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": SCHEMA, "strict": True}}},
+     "json_schema", SCHEMA),
+    ({"response_format": {"type": "json_object"}}, "json_object", {}),
+    ({"response_format": {"type": "structural_tag", "format": {"type": "const_string", "value": "hi"}}},
+     "structural_tag", '{"type": "structural_tag", "format": {"type": "const_string", "value": "hi"}}'),
+])
+def test_each_constraint_field_maps_to_its_grammar_kind_on_both_routes(fields, kind, spec):
+    for parse, base in ((parse_completion_request, {"prompt": "x"}),
+                        (parse_chat_request, {"messages": [{"role": "user", "content": "x"}]})):
+        assert parse({**base, **fields}, ALL_KINDS).params.extra == {"grammar": {"kind": kind, "spec": spec}}
+
+
+@pytest.mark.parametrize("fields, param, message", [
+    ({"structured_outputs": {"regex": "a"}}, "structured_outputs", "registers 'regex'.*loaded grammars: none"),
+    ({"guided_grammar": "start: x"}, "guided_grammar", "registers 'grammar'"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs", "more than one constraint"),
+    ({"guided_regex": "a", "structured_outputs": {"choice": ["b"]}}, "structured_outputs", "cannot be combined"),
+    ({"structured_outputs": {}}, "structured_outputs", "needs one of"),
+    ({"structured_outputs": {"regex": "a", "whitespace_pattern": " "}}, "structured_outputs.whitespace_pattern",
+     "no such option"),
+    ({"structured_outputs": {"regexp": "a"}}, "structured_outputs.regexp", "extra inputs"),
+    ({"structured_outputs": {"json": "{not json"}}, "structured_outputs", "not a JSON schema"),
+    ({"guided_choice": "yes"}, "guided_choice", "valid list"),
+])
+def test_a_constraint_nothing_enforces_or_that_is_malformed_is_a_400_naming_it(fields, param, message):
+    model = MODEL if "loaded grammars: none" in message or "registers" in message else ALL_KINDS
+    with pytest.raises(InvalidParameterError, match=message) as error:
+        parse_completion_request({"prompt": "x", **fields}, model)
+    assert error.value.param == param
+
+
+# ---- vLLM's other extras -----------------------------------------------------------------------------------------
+
+def test_prompt_logprobs_are_bounded_by_max_logprobs_and_never_streamed():
+    assert parse_completion_request({"prompt": "x", "prompt_logprobs": 3}, MODEL).params.prompt_logprobs == 3
+    limits = RequestLimits(max_logprobs=2)
+    for body, param in [({"prompt_logprobs": 3}, "prompt_logprobs"), ({"logprobs": 3}, "logprobs"),
+                        ({"prompt_logprobs": 1, "stream": True}, "prompt_logprobs")]:
+        with pytest.raises(InvalidParameterError) as error:
+            parse_completion_request({"prompt": "x", **body}, MODEL, limits)
+        assert error.value.param == param
+    with pytest.raises(InvalidParameterError, match="--max-logprobs") as error:
+        parse_chat_request({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 3},
+                           MODEL, limits)
+    assert error.value.param == "top_logprobs"
+
+
+def test_continue_final_message_needs_add_generation_prompt_off():
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "The answer is"}]
+    with pytest.raises(InvalidParameterError, match="add_generation_prompt") as error:
+        parse_chat_request({"messages": messages, "continue_final_message": True}, MODEL)
+    assert error.value.param == "continue_final_message"
+    parsed = parse_chat_request({"messages": messages, "continue_final_message": True,
+                                 "add_generation_prompt": False}, MODEL)
+    assert parsed.body.continue_final_message and not parsed.body.add_generation_prompt
+
+
+def test_continuous_usage_stats_needs_include_usage():
+    body = {"prompt": "x", "stream": True, "stream_options": {"continuous_usage_stats": True}}
+    with pytest.raises(InvalidParameterError, match="needs include_usage") as error:
+        parse_completion_request(body, MODEL)
+    assert error.value.param == "stream_options"
+
+
+def test_truncate_prompt_tokens_may_not_exceed_max_model_len():
+    with pytest.raises(InvalidParameterError) as error:
+        parse_completion_request({"prompt": "x", "truncate_prompt_tokens": MODEL.max_model_len + 1}, MODEL)
+    assert error.value.param == "truncate_prompt_tokens"

@@ -17,13 +17,13 @@ from pegboard.server.uvicorn_server import serving_in_thread
 
 @contextmanager
 def serving(model, *, max_num_seqs: int = 4, max_waiting_requests: int = 4, num_kv_blocks: int = 64,
-            limits: RequestLimits | None = None):
-    """The tiny model served on a free loopback port: yields (base URL, app)."""
+            limits: RequestLimits | None = None, **app_options):
+    """The tiny model served on a free loopback port: yields (base URL, app); ``app_options`` go to build_app."""
     config = EngineConfig(model=str(model), load_format="dummy", device="cpu", max_num_seqs=max_num_seqs,
                           num_kv_blocks=num_kv_blocks)
     engine = AsyncLLMEngine.from_config(config, max_waiting_requests=max_waiting_requests)
     try:
-        app = build_app(engine, ("tiny",), limits=limits)
+        app = build_app(engine, ("tiny",), limits=limits, **app_options)
         with serving_in_thread(app) as url:
             yield url, app
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,12 @@ from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
 from pegboard.core.config import DEFAULT_MODEL, EngineConfig
 from pegboard.core.errors import InvalidParameterError
 from pegboard.server.connection_flags import add_connection_arguments, connection_limits_from_args
+from pegboard.server.http_flags import (API_KEY_ENVS, add_http_arguments, api_key_from, cors_from_args,
+                                        root_path_from_args)
 from pegboard.server.request_limit_flags import add_request_limit_arguments, request_limits_from_args
 from pegboard.server.served_name import default_served_name
 
 logger = logging.getLogger("pegboard.server")
-
-API_KEY_ENV = "PEGBOARD_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     group.add_argument("--served-model-name", nargs="+", metavar="NAME",
                        help="model name(s) clients use in 'model' (default: the MODEL argument)")
-    group.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                       help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV})")
+    group.add_argument("--api-key",
+                       help="require 'Authorization: Bearer KEY' on every route but /health (default: "
+                            f"${API_KEY_ENVS[0]}, else ${API_KEY_ENVS[1]}, else none)")
     group.add_argument("--max-waiting-requests", type=int, default=1024,
                        help="sequences allowed to wait beyond --max-num-seqs before answering 503; a request "
                             "counts n x prompts (default: 1024)")
@@ -46,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "error event and [DONE], other requests get 503 (default: 30)")
     add_connection_arguments(group)
     group.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the model's)")
-    group.add_argument("--ssl-keyfile", help="serve HTTPS with this private key")
-    group.add_argument("--ssl-certfile", help="serve HTTPS with this certificate")
+    group.add_argument("--ssl-keyfile", help="serve HTTPS with this private key (default: none)")
+    group.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (default: none, plain HTTP)")
+    add_http_arguments(group)
 
 
 def main(args: argparse.Namespace, board: Any) -> int:
@@ -65,16 +66,17 @@ def main(args: argparse.Namespace, board: Any) -> int:
     request_limits = request_limits_from_args(args)
     chat_template = read_chat_template(args.chat_template)
     check_ssl_files(args.ssl_keyfile, args.ssl_certfile)
+    cors, root_path, api_key = cors_from_args(args), root_path_from_args(args), api_key_from(args)
     names = tuple(args.served_model_name or (default_served_name(args.model),))
     config = EngineConfig(model=args.model, **engine_kwargs_from_args(args))
     config.extra["served_model_name"] = names[0]  # the metrics' model_name label
     engine = AsyncLLMEngine.from_config(config, board, core_process=True,  # the model lives in a child process
                                         max_waiting_requests=args.max_waiting_requests)
     try:
-        app = build_app(engine, names, api_key=args.api_key, chat_template=chat_template,
-                        limits=request_limits)
+        app = build_app(engine, names, api_key=api_key, chat_template=chat_template, limits=request_limits, cors=cors)
         server = GracefulServer(ServerConfig(
-            app, limits, host=args.host, port=args.port, log_level=args.log_level, ssl_keyfile=args.ssl_keyfile,
+            app, limits, host=args.host, port=args.port, log_level=args.uvicorn_log_level or args.log_level,
+            access_log=not args.disable_log_requests, root_path=root_path, ssl_keyfile=args.ssl_keyfile,
             ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=args.shutdown_timeout),
             end_requests=engine.shutdown)
         stop_when_dead(engine, server)

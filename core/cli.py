@@ -95,10 +95,17 @@ def logging_to_stderr(level: str) -> Iterator[None]:
         pegboard_logger.setLevel(previous_level)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the flag, with a pointer to ``--help`` (not the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser(board: Board, *, only: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The parser of every registered command; only the commands whose first word is in ``only`` (default:
     all) add their arguments, so ``pegboard --help`` imports no command's module."""
-    parser = argparse.ArgumentParser(prog="pegboard", description="Pegboard: a plugin-first LLM inference engine.")
+    parser = OneLineErrorParser(prog="pegboard", description="Pegboard: a plugin-first LLM inference engine.")
     parser.add_argument("--version", action="version", version=f"pegboard {__version__}")
     _add_log_level(parser)
     add_plugin_argument(parser)

@@ -13,6 +13,9 @@ from pegboard.core.errors import InvalidParameterError
 logger = logging.getLogger("pegboard.server")
 
 API_KEY_ENVS = ("PEGBOARD_API_KEY", "VLLM_API_KEY")  # the first one set wins
+VLLM_ENV_EQUIVALENTS = {"VLLM_ATTENTION_BACKEND": "--attention-backend", "VLLM_LOGGING_LEVEL": "--log-level",
+                        "VLLM_CACHE_ROOT": "$PEGBOARD_CACHE", "VLLM_USE_V1": None, "VLLM_HOST_IP": "--host",
+                        "VLLM_PORT": "--port"}
 UVICORN_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -84,3 +87,13 @@ def api_key_from(args: argparse.Namespace, environ: os._Environ | dict[str, str]
         logger.warning("API key: $%s and $%s differ; $%s is used", given[0][0], given[1][0], given[0][0])
     logger.info("API key: from $%s", given[0][0])
     return given[0][1]
+
+
+def warn_unread_vllm_variables(environ: os._Environ | dict[str, str] = os.environ) -> list[str]:
+    """Log one warning naming each VLLM_* variable set that Pegboard does not read (all but VLLM_API_KEY), with
+    Pegboard's equivalent where there is one; returns their names."""
+    unread = sorted(name for name in environ if name.startswith("VLLM_") and name not in API_KEY_ENVS)
+    for name in unread:
+        instead = VLLM_ENV_EQUIVALENTS.get(name)
+        logger.warning("$%s is set; pegboard does not read it%s", name, f" (use {instead})" if instead else "")
+    return unread

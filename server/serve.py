@@ -17,7 +17,7 @@ from pegboard.core.config import DEFAULT_MODEL, EngineConfig
 from pegboard.core.errors import InvalidParameterError
 from pegboard.server.connection_flags import add_connection_arguments, connection_limits_from_args
 from pegboard.server.http_flags import (API_KEY_ENVS, add_http_arguments, api_key_from, cors_from_args,
-                                        root_path_from_args)
+                                        root_path_from_args, warn_unread_vllm_variables)
 from pegboard.server.request_limit_flags import add_request_limit_arguments, request_limits_from_args
 from pegboard.server.served_name import default_served_name
 
@@ -55,7 +55,6 @@ def main(args: argparse.Namespace, board: Any) -> int:
     """Load the model, serve until a signal, then stop; returns the exit status."""
     from pegboard.core.async_engine import AsyncLLMEngine
     from pegboard.server.app import build_app
-    from pegboard.server.http_connections import ServerConfig
     from pegboard.server.uvicorn_server import GracefulServer
 
     for flag, value in (("--max-waiting-requests", args.max_waiting_requests),
@@ -67,6 +66,7 @@ def main(args: argparse.Namespace, board: Any) -> int:
     chat_template = read_chat_template(args.chat_template)
     check_ssl_files(args.ssl_keyfile, args.ssl_certfile)
     cors, root_path, api_key = cors_from_args(args), root_path_from_args(args), api_key_from(args)
+    warn_unread_vllm_variables()
     names = tuple(args.served_model_name or (default_served_name(args.model),))
     config = EngineConfig(model=args.model, **engine_kwargs_from_args(args))
     config.extra["served_model_name"] = names[0]  # the metrics' model_name label
@@ -74,11 +74,7 @@ def main(args: argparse.Namespace, board: Any) -> int:
                                         max_waiting_requests=args.max_waiting_requests)
     try:
         app = build_app(engine, names, api_key=api_key, chat_template=chat_template, limits=request_limits, cors=cors)
-        server = GracefulServer(ServerConfig(
-            app, limits, host=args.host, port=args.port, log_level=args.uvicorn_log_level or args.log_level,
-            access_log=not args.disable_log_requests, root_path=root_path, ssl_keyfile=args.ssl_keyfile,
-            ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=args.shutdown_timeout),
-            end_requests=engine.shutdown)
+        server = GracefulServer(server_config(args, app, limits, root_path), end_requests=engine.shutdown)
         stop_when_dead(engine, server)
         server.run()
     finally:
@@ -87,6 +83,16 @@ def main(args: argparse.Namespace, board: Any) -> int:
         logger.error("exiting with status 1: the engine stopped after an unrecoverable error")
         return 1
     return 0 if server.started else 1
+
+
+def server_config(args: argparse.Namespace, app: Any, limits: Any, root_path: str) -> Any:
+    """uvicorn's config as the flags ask: address, TLS, logs, root path, shutdown timeout, connection limits."""
+    from pegboard.server.http_connections import ServerConfig
+
+    return ServerConfig(app, limits, host=args.host, port=args.port,
+                        log_level=args.uvicorn_log_level or args.log_level, access_log=not args.disable_log_requests,
+                        root_path=root_path, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+                        timeout_graceful_shutdown=args.shutdown_timeout)
 
 
 def stop_when_dead(engine: Any, server: Any) -> None:

@@ -99,7 +99,8 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
 def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
     """Add the repeatable ``--plugin MODULE`` flag (dest ``plugins``)."""
     parser.add_argument("--plugin", action="append", dest="plugins", metavar="MODULE",
-                        help="load this plugin module too (repeatable; PEGBOARD_PLUGINS works as well)")
+                        help="load this plugin module too (repeatable; PEGBOARD_PLUGINS works as well; default: the "
+                             "built-in plugins and installed ones only)")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

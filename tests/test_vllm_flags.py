@@ -379,3 +379,13 @@ def test_coming_from_vllm_names_every_flag_here_and_only_real_ones():
     assert named - real - not_flags == set()
     tested = {flag for argv, _ in ACCEPTED + REFUSED for flag in argv if flag.startswith("-")}
     assert tested - named == set()
+
+
+@pytest.mark.parametrize("words", [("serve",), ("bench", "serve")])
+def test_help_states_every_flags_default(words):
+    sub = build_parser(BOARD, only=(words[0],))
+    for word in words:
+        sub = next(a for a in sub._actions if a.dest == "command").choices[word]
+    undocumented = [action.option_strings for action in sub._actions
+                    if action.dest != "help" and "default" not in (action.help or "")]
+    assert undocumented == []

@@ -16,7 +16,8 @@ def result_path(args: argparse.Namespace, model: str, now: datetime.datetime | N
     ``{backend}-{rate}qps[-concurrency{N}]-{model}-{YYYYmmdd-HHMMSS}.json``."""
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
     concurrency = f"-concurrency{args.max_concurrency}" if args.max_concurrency is not None else ""
-    name = args.result_filename or f"{args.backend}-{args.request_rate}qps{concurrency}-{model.split('/')[-1]}-{stamp}.json"
+    default = f"{args.backend}-{args.request_rate}qps{concurrency}-{model.split('/')[-1]}-{stamp}.json"
+    name = args.result_filename or default
     directory = Path(args.result_dir) if args.result_dir else Path()
     directory.mkdir(parents=True, exist_ok=True)
     return directory / name

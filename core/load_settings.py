@@ -2,8 +2,9 @@
 
 ``trust_remote_code`` (may code shipped with a model's config or tokenizer run?), ``disable_progress_bar``
 (show no progress bars) and ``download_dir`` (where downloads go; None: each source's cache) hold for
-everything a source or loader does inside ``loading_with(config)``; the built-in ones read them with ``load_settings()``, and a plugin's source or loader may too. They travel in a
-context variable, so the ModelSource and ModelLoader interfaces keep their signatures.
+everything a source or loader does inside ``loading_with(config)``; the built-in ones read them with
+``load_settings()``, and a plugin's source or loader may too. They travel in a context variable, so the
+ModelSource and ModelLoader interfaces keep their signatures.
 """
 
 from __future__ import annotations

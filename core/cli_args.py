@@ -18,12 +18,17 @@ PLUGIN_OPTIONS = "plugin_options"  # args attribute: dests of the flags plugins 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
 
 def token_count(text: str) -> int:
-    """A count of tokens as vLLM writes them: 4096, 4k (x1000), 4K (x1024), 1m (x10^6) or 1M (x2^20)."""
+    """A count of tokens as vLLM writes them: 4096, 4k (x1000), 4K (x1024), 1m (x10^6), 1M (x2^20), 25.6k."""
     scale = {"k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}.get(text[-1:], 1)
-    digits = text[:-1] if scale > 1 else text
-    if not digits.isdigit():
+    number = text[:-1] if scale > 1 else text
+    try:
+        value = float(number) * scale if scale > 1 else int(number)
+        whole = value == int(value)
+    except (ValueError, OverflowError):
+        whole = False
+    if not whole or value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a count of tokens (e.g. 4096, 4k, 4K)")
-    return int(digits) * scale
+    return int(value)
 
 
 def json_object(text: str) -> dict:

@@ -43,6 +43,7 @@ def apply_config_file(parser: argparse.ArgumentParser, values: dict[str, Any], p
             raise InvalidParameterError(f"--config {path!r}: {key!r} is not a flag of this command "
                                         f"(see --help)")
         defaults[action.dest] = _value_for(action, value, f"--config {path!r}: {key}")
+        action.required = False  # the file gave it (generate's --prompt)
     parser.set_defaults(**defaults)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from pegboard.core.config import EngineConfig
 from pegboard.core.errors import InvalidParameterError, PluginError, PluginLoadError
 
-SERVER_OPTIONS = ("served_model_name",)  # EngineConfig.extra keys pegboard serve sets itself
+SERVER_OPTIONS = ("served_model_name", "log_stats")  # EngineConfig.extra keys pegboard serve sets itself
 ENGINE_COMMANDS = ("generate", "serve", "bench throughput")
 
 

@@ -1,5 +1,6 @@
 """Built-in plugin: ``pegboard serve`` logs the engine's throughput and load every 10 s while it steps, as vLLM's
-server does; ``--disable-log-stats`` turns it off. Offline engines (``LLM``, ``generate``) log none, as in vLLM."""
+server does; ``--disable-log-stats`` turns it off. The server asks for it with ``config.extra["log_stats"]``;
+offline engines (``LLM``, ``generate``) log none, as in vLLM."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pegboard.core.hookspecs import hookimpl
 logger = logging.getLogger("pegboard.stats")
 
 INTERVAL_SECONDS = 10.0  # vLLM's VLLM_LOG_STATS_INTERVAL default
-OPTION = "disable_log_stats"  # the flag's dest, an option in EngineConfig.extra
+OPTION = "log_stats"  # EngineConfig.extra key pegboard serve sets (core/settings.py SERVER_OPTIONS)
 
 
 @dataclass
@@ -46,16 +47,8 @@ _by_engine: weakref.WeakKeyDictionary[Any, StatsLog] = weakref.WeakKeyDictionary
 
 
 @hookimpl
-def add_cli_arguments(parser: Any, command: str) -> None:
-    if command == "serve":
-        parser.add_argument("--disable-log-stats", action="store_true",
-                            help=f"do not log throughput and load every {INTERVAL_SECONDS:g} s "
-                                 "(default: logged while the engine steps)")
-
-
-@hookimpl
 def on_engine_start(engine: Any) -> None:
-    if engine.config.extra.get(OPTION) is False:  # pegboard serve without --disable-log-stats
+    if engine.config.extra.get(OPTION):  # pegboard serve without --disable-log-stats
         _by_engine[engine] = StatsLog()
 
 

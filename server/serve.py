@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ssl-keyfile", help="serve HTTPS with this private key (default: none)")
     group.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (default: none, plain HTTP)")
     add_http_arguments(group)
+    group.add_argument("--disable-log-stats", action="store_true",
+                       help="do not log throughput and load every 10 s (default: logged while the engine steps)")
 
 
 def main(args: argparse.Namespace, board: Any) -> int:
@@ -70,6 +72,7 @@ def main(args: argparse.Namespace, board: Any) -> int:
     names = tuple(args.served_model_name or (default_served_name(args.model),))
     config = EngineConfig(model=args.model, **engine_kwargs_from_args(args))
     config.extra["served_model_name"] = names[0]  # the metrics' model_name label
+    config.extra["log_stats"] = not args.disable_log_stats  # the stats_logger plugin's line every 10 s
     engine = AsyncLLMEngine.from_config(config, board, core_process=True,  # the model lives in a child process
                                         max_waiting_requests=args.max_waiting_requests)
     try:

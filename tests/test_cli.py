@@ -140,7 +140,7 @@ def test_plugin_flags_reach_every_command_that_starts_an_engine(command, argv):
             parser.add_argument("--shout", action="store_true", help=f"shout in 'pegboard {command}'")
 
     args = build_parser(load_board([Shouting()])).parse_args([*argv, "--shout"])
-    assert args.command == command and engine_kwargs_from_args(args)["extra"]["shout"] is True
+    assert args.command == command and engine_kwargs_from_args(args)["extra"] == {"shout": True}
 
 
 def test_a_plugin_whose_cli_hook_fails_is_skipped_with_a_warning(module_dir, capsys):

@@ -55,13 +55,13 @@ ACCEPTED = [  # (flags, what the EngineConfig then holds)
     (["--max-model-len", "2k"], dict(max_model_len=2000)),
     (["--max-model-len", "2K"], dict(max_model_len=2048)),
     (["--max-model-len", "1024"], dict(max_model_len=1024)),
+    (["--max-model-len", "25.6k"], dict(max_model_len=25600)),
     (["--enable-prefix-caching"], dict(enable_prefix_caching=True, block_allocator="prefix-caching")),
     (["--no-enable-prefix-caching"], dict(enable_prefix_caching=False, block_allocator="plain")),
     (["--quantization", "none"], dict(quantization="none")),
     (["--tensor-parallel-size", "1", "--pipeline-parallel-size", "1"],
      dict(tensor_parallel_size=1, pipeline_parallel_size=1)),
     (["-tp", "1", "-pp", "1"], dict(tensor_parallel_size=1, pipeline_parallel_size=1)),
-    (["--disable-log-stats"], dict(extra={"disable_log_stats": True})),
 ]
 
 
@@ -171,7 +171,9 @@ def test_disable_log_stats_turns_off_the_servers_periodic_stats_line():
         def __init__(self, extra):
             self.config = EngineConfig(extra=extra)
 
-    logged, quiet, offline = Engine({"disable_log_stats": False}), Engine({"disable_log_stats": True}), Engine({})
+    assert serve_args("--disable-log-stats").disable_log_stats and not serve_args().disable_log_stats
+    # pegboard serve sets extra["log_stats"] = not --disable-log-stats
+    logged, quiet, offline = Engine({"log_stats": True}), Engine({"log_stats": False}), Engine({})
     for engine in (logged, quiet, offline):
         stats_logger.on_engine_start(engine=engine)
     assert logged in stats_logger._by_engine and quiet not in stats_logger._by_engine
@@ -223,7 +225,7 @@ def test_the_flags_listed_here_are_every_vllm_flag_of_the_brief():
     covered = {flag for argv, _ in ACCEPTED + REFUSED for flag in argv if flag.startswith("-")}
     covered |= {"--served-model-name", "--api-key", "--gpu-memory-utilization", "--allowed-origins",
                 "--allowed-methods", "--allowed-headers", "--allow-credentials", "--disable-log-requests",
-                "--uvicorn-log-level", "--root-path", "--config"}  # the tests between the tables
+                "--uvicorn-log-level", "--root-path", "--config", "--disable-log-stats"}  # tests between the tables
     vllm_flags = {"-tp", "-pp", "--speculative-config", "--kv-cache-dtype", "--disable-log-requests",
                   "--disable-log-stats", "--uvicorn-log-level", "--enable-chunked-prefill",
                   "--no-enable-chunked-prefill", "--allowed-origins", "--allowed-methods", "--allowed-headers",
@@ -285,6 +287,7 @@ def run_serve(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--kv-cache-dtype", "fp8_e4m3"], "error: kv_cache_dtype='fp8_e4m3': the KV cache is kept in the model's dtype"),
     (["--speculative-config", "{method: ngram}"], "argument --speculative-config: not JSON"),
     (["--allowed-origins", "*"], "argument --allowed-origins: must be a JSON list of strings"),
+    (["--max-model-len", "-1"], "argument --max-model-len: '-1' is not a count of tokens"),
     (["--scheduling-policy", "priority"], "error: scheduling_policy='priority'"),
 ])
 def test_serve_refuses_at_start_with_one_line_naming_the_flag(argv, message):
@@ -389,3 +392,14 @@ def test_help_states_every_flags_default(words):
     undocumented = [action.option_strings for action in sub._actions
                     if action.dest != "help" and "default" not in (action.help or "")]
     assert undocumented == []
+
+
+def test_a_config_file_can_give_a_required_flag(tiny_chat_model, tmp_path, capsys):
+    from pegboard.core.cli import main
+
+    path = tmp_path / "generate.yaml"
+    path.write_text(f"model: {tiny_chat_model}\nload-format: dummy\nprompt: [Hi, Bye]\nmax_tokens: 2\n"
+                    "temperature: 0\n")
+    assert main(["generate", "--config", str(path), "--max-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "--- prompt 0 ---" in out and "--- prompt 1 ---" in out

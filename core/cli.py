@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import sys
 from typing import Collection, Iterator
@@ -16,8 +17,8 @@ from pegboard import __version__
 from pegboard.core.cli_args import add_plugin_argument, add_plugin_arguments
 from pegboard.core.commands import Command
 from pegboard.core.config_file import apply_config_file, read_config_file
-from pegboard.core.errors import PegboardError, PluginError
-from pegboard.core.plugins import Board, load_board
+from pegboard.core.errors import PegboardError, PluginError, PluginLoadError
+from pegboard.core.plugins import Board, env_plugins, load_board
 
 logger = logging.getLogger("pegboard.cli")
 
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     level = early.log_level or file_values.get("log_level")
     with logging_to_stderr(level if level in LOG_LEVELS else "info"):
         try:
+            if early.command not in (None, "plugins"):  # `pegboard plugins` lists failures instead
+                check_named_plugins_exist([*env_plugins(), *plugins])
             board = load_board(plugins)
             for failure in board.failures:
                 logger.debug("plugin %r failed to load:\n%s", failure.name, failure.traceback)
@@ -49,6 +52,19 @@ def main(argv: list[str] | None = None) -> int:
             logger.debug("traceback of the error below", exc_info=True)
             print(f"error: {exc}", file=sys.stderr)
             return 2
+
+
+def check_named_plugins_exist(names: list[str]) -> None:
+    """A plugin named by ``--plugin``, the config file or PEGBOARD_PLUGINS that is no importable module stops the
+    command at once, in one line (one that fails while importing is refused by name when the engine starts)."""
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a parent package that does not exist, an empty name
+            found = False
+        if not found:
+            raise PluginLoadError(f"plugin {name!r} (--plugin, the --config file or PEGBOARD_PLUGINS) is not an "
+                                  "importable module: is it mistyped, or not installed?")
 
 
 def _early_options(argv: list[str]) -> argparse.Namespace:

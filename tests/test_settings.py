@@ -297,11 +297,21 @@ def test_extra_takes_the_options_plugins_declare_and_the_servers(tiny_llama_dir,
     assert sys.modules[plugin].seen == [{"shout": True, "served_model_name": "m"}]
 
 
-def test_a_mistyped_plugin_stops_the_command_naming_it(tiny_chat_model, capsys):
+def test_a_mistyped_plugin_stops_the_command_at_once_in_one_line(tiny_chat_model, capsys):
     assert main(["generate", str(tiny_chat_model), "--load-format", "dummy", "--plugin", "pegbaord_typo",
                  "--prompt", "x"]) == 2
-    assert "error: plugin 'pegbaord_typo' (--plugin, plugins= or PEGBOARD_PLUGINS) failed to load" in \
-        capsys.readouterr().err
+    assert capsys.readouterr().err == ("error: plugin 'pegbaord_typo' (--plugin, the --config file or "
+                                       "PEGBOARD_PLUGINS) is not an importable module: is it mistyped, or not "
+                                       "installed?\n")
+
+
+def test_a_named_plugin_that_fails_while_importing_stops_the_engine_naming_it(tiny_chat_model, module_dir,
+                                                                              capsys):
+    module_dir("plugin_that_raises", "raise ImportError('needs the foo package')\n")
+    assert main(["generate", str(tiny_chat_model), "--load-format", "dummy", "--plugin", "plugin_that_raises",
+                 "--prompt", "x"]) == 2
+    assert ("error: plugin 'plugin_that_raises' (--plugin, plugins= or PEGBOARD_PLUGINS) failed to load: "
+            "ImportError: needs the foo package") in capsys.readouterr().err
 
 
 # ---- serve's own flags ------------------------------------------------------------------------------------------

@@ -136,3 +136,27 @@ def check_ssl_files(keyfile: str | None, certfile: str | None) -> None:
     for flag, value in (("--ssl-keyfile", keyfile), ("--ssl-certfile", certfile)):
         if value and not Path(value).expanduser().is_file():
             raise InvalidParameterError(f"{flag} {value!r} is not a file")
+    if certfile:
+        _load_certificate(str(Path(certfile).expanduser()), keyfile and str(Path(keyfile).expanduser()))
+
+
+class _KeyPasswordAsked(Exception):
+    pass
+
+
+def _load_certificate(certfile: str, keyfile: str | None) -> None:
+    """Load the certificate and key as uvicorn will, so that a bad file is refused at start in one line."""
+    import ssl
+
+    def no_password() -> str:
+        raise _KeyPasswordAsked
+
+    files = f"--ssl-certfile {certfile!r}" + (f" with --ssl-keyfile {keyfile!r}" if keyfile else "")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile, password=no_password)
+    except _KeyPasswordAsked:
+        raise InvalidParameterError(f"{files}: the private key is encrypted, and pegboard serve takes no key "
+                                    "password; decrypt it (openssl pkey -in KEY -out KEY.plain)") from None
+    except ssl.SSLError as exc:
+        raise InvalidParameterError(f"{files}: not a PEM certificate and its private key ({exc.reason or exc})"
+                                    ) from None

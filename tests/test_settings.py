@@ -317,6 +317,32 @@ def test_a_named_plugin_that_fails_while_importing_stops_the_engine_naming_it(ti
 # ---- serve's own flags ------------------------------------------------------------------------------------------
 
 
+def test_a_certificate_and_key_that_load_are_taken(tmp_path):
+    pytest.importorskip("cryptography")
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .sign(key, hashes.SHA256()))
+    cert, plain, locked = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "locked.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    plain.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    locked.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"secret")))
+    check_ssl_files(str(plain), str(cert))
+    with pytest.raises(InvalidParameterError, match="the private key is encrypted"):
+        check_ssl_files(str(locked), str(cert))
+
+
 def test_chat_template_is_a_file_or_a_template_that_parses(tmp_path):
     template = tmp_path / "t.jinja"
     template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
@@ -331,7 +357,9 @@ def test_chat_template_is_a_file_or_a_template_that_parses(tmp_path):
 def test_ssl_flags_need_a_certificate_and_existing_files(tmp_path):
     cert = tmp_path / "cert.pem"
     cert.write_text("x")
-    check_ssl_files(None, str(cert))
+    with pytest.raises(InvalidParameterError, match=r"--ssl-certfile '.*cert.pem': not a PEM certificate and its "
+                                                    r"private key \("):
+        check_ssl_files(None, str(cert))
     with pytest.raises(InvalidParameterError, match="--ssl-keyfile needs --ssl-certfile"):
         check_ssl_files(str(cert), None)
     with pytest.raises(InvalidParameterError, match="--ssl-certfile '/no/cert.pem' is not a file"):

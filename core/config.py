@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pegboard.core.errors import InvalidParameterError
@@ -76,6 +77,9 @@ class EngineConfig:
         if self.dtype not in ("auto", "float32", "float", "bfloat16", "float16", "half"):
             raise InvalidParameterError(
                 f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}", param="dtype")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise InvalidParameterError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+                                        param="device")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise InvalidParameterError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}",

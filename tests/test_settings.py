@@ -271,6 +271,7 @@ def test_the_triton_backend_off_cuda_is_refused_naming_the_setting(tiny_llama_di
     (dict(tensor_parallel_size=0), "tensor_parallel_size"), (dict(pipeline_parallel_size=-1), "pipeline_parallel_size"),
     (dict(num_speculative_tokens=-1), "num_speculative_tokens"), (dict(gpu_memory_utilization=1.5),
                                                                   "gpu_memory_utilization"),
+    (dict(device="tpu"), "device"), (dict(device="cuda:x"), "device"),
 ])
 def test_out_of_range_values_are_refused_naming_the_field(options, name):
     with pytest.raises(InvalidParameterError, match=name) as raised:

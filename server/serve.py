@@ -63,6 +63,8 @@ def main(args: argparse.Namespace, board: Any) -> int:
                         ("--shutdown-timeout", args.shutdown_timeout), ("--port", args.port)):
         if value < 0:
             raise InvalidParameterError(f"{flag} must be >= 0, got {value}")
+    if args.port > 65535:
+        raise InvalidParameterError(f"--port must be a TCP port, 0 to 65535, got {args.port}")
     limits = connection_limits_from_args(args)
     request_limits = request_limits_from_args(args)
     chat_template = read_chat_template(args.chat_template)

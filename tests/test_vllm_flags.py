@@ -403,3 +403,8 @@ def test_a_config_file_can_give_a_required_flag(tiny_chat_model, tmp_path, capsy
     assert main(["generate", "--config", str(path), "--max-tokens", "3"]) == 0
     out = capsys.readouterr().out
     assert "--- prompt 0 ---" in out and "--- prompt 1 ---" in out
+
+
+def test_a_port_out_of_range_is_one_line():
+    done = run_serve("--port", "99999")
+    assert done.returncode == 2 and done.stderr.endswith("error: --port must be a TCP port, 0 to 65535, got 99999\n")

@@ -18,6 +18,7 @@ from pegboard.core.errors import InvalidParameterError
 from pegboard.server.connection_flags import add_connection_arguments, connection_limits_from_args
 from pegboard.server.http_flags import (API_KEY_ENVS, add_http_arguments, api_key_from, cors_from_args,
                                         root_path_from_args, warn_unread_vllm_variables)
+from pegboard.server.refused_vllm_flags import add_refused_vllm_flags
 from pegboard.server.request_limit_flags import add_request_limit_arguments, request_limits_from_args
 from pegboard.server.served_name import default_served_name
 
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_http_arguments(group)
     group.add_argument("--disable-log-stats", action="store_true",
                        help="do not log throughput and load every 10 s (default: logged while the engine steps)")
+    add_refused_vllm_flags(parser)
 
 
 def main(args: argparse.Namespace, board: Any) -> int:

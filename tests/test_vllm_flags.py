@@ -3,6 +3,7 @@ with one line naming it and saying why. docs/coming_from_vllm.md lists them."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pegboard.core.plugins import load_board
 from pegboard.core.settings import check_settings
 from pegboard.server.connection_limits import ConnectionLimits
 from pegboard.server.http_flags import api_key_from, cors_from_args, root_path_from_args
+from pegboard.server.refused_vllm_flags import refused_flags
 from pegboard.server.serve import server_config
 
 BOARD = load_board()
@@ -389,8 +391,8 @@ def test_help_states_every_flags_default(words):
     sub = build_parser(BOARD, only=(words[0],))
     for word in words:
         sub = next(a for a in sub._actions if a.dest == "command").choices[word]
-    undocumented = [action.option_strings for action in sub._actions
-                    if action.dest != "help" and "default" not in (action.help or "")]
+    undocumented = [action.option_strings for action in sub._actions if action.dest != "help"
+                    and action.help != argparse.SUPPRESS and "default" not in (action.help or "")]
     assert undocumented == []
 
 
@@ -408,3 +410,15 @@ def test_a_config_file_can_give_a_required_flag(tiny_chat_model, tmp_path, capsy
 def test_a_port_out_of_range_is_one_line():
     done = run_serve("--port", "99999")
     assert done.returncode == 2 and done.stderr.endswith("error: --port must be a TCP port, 0 to 65535, got 99999\n")
+
+
+@pytest.mark.parametrize("flag", refused_flags())
+def test_a_vllm_flag_of_a_missing_feature_is_refused_in_one_line_saying_why(flag, capsys):
+    from pegboard.core.cli import main
+    from pegboard.server.refused_vllm_flags import REFUSED
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", flag, "1"])
+    reason = next(reason for flags, reason in REFUSED.items() if flag in flags)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == f"error: {flag} (a vllm serve flag): {reason} (see 'pegboard serve --help')\n"

@@ -32,15 +32,15 @@ REFUSED: dict[tuple[str, ...], str] = {
 
 
 class _Refuse(argparse.Action):
-    """Stops the parse naming the flag and the reason."""
+    """Stops the parse naming the flag and the reason (``refusal``, which a --config file's key meets too)."""
 
     def __init__(self, option_strings: list[str], dest: str, reason: str = "", **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs="*", help=argparse.SUPPRESS, **kwargs)
-        self.reason = reason
+        self.refusal = reason
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        parser.error(f"{option_string} (a vllm serve flag): {self.reason}")
+        parser.error(f"{option_string} (a vllm serve flag): {self.refusal}")
 
 
 def add_refused_vllm_flags(parser: argparse.ArgumentParser) -> None:

@@ -267,6 +267,7 @@ def test_a_config_file_sets_flags_and_the_command_line_overrides_it(tmp_path, mo
     ("enforce_eager: 1\n", "enforce_eager takes true or false"),
     ("dtype: float8\n", "dtype: 'float8' is not one of"),
     ("- a\n- b\n", "must map flag names to values"),
+    ("lora-modules: [a=b]\n", "lora_modules: LoRA serving is not implemented"),
 ])
 def test_a_config_file_key_that_is_no_flag_is_refused_by_name(tmp_path, text, message, capsys):
     from pegboard.core.cli import main

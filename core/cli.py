@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import logging
 import sys
 from typing import Collection, Iterator
@@ -15,8 +16,9 @@ from typing import Collection, Iterator
 from pegboard import __version__
 from pegboard.core.cli_args import add_plugin_argument, add_plugin_arguments
 from pegboard.core.commands import Command
-from pegboard.core.errors import PegboardError, PluginError
-from pegboard.core.plugins import Board, load_board
+from pegboard.core.config_file import apply_config_file, read_config_file
+from pegboard.core.errors import PegboardError, PluginError, PluginLoadError
+from pegboard.core.plugins import Board, env_plugins, load_board
 
 logger = logging.getLogger("pegboard.cli")
 
@@ -26,14 +28,25 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``pegboard`` command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     early = _early_options(argv)
-    with logging_to_stderr(early.log_level if early.log_level in LOG_LEVELS else "info"):
+    try:
+        file_values = read_config_file(early.config) if early.config else {}
+    except PegboardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    plugins = [*_as_list(file_values.get("plugin")), *(early.plugins or [])]
+    level = early.log_level or file_values.get("log_level")
+    with logging_to_stderr(level if level in LOG_LEVELS else "info"):
         try:
-            board = load_board(early.plugins or ())
+            if early.command not in (None, "plugins"):  # `pegboard plugins` lists failures instead
+                check_named_plugins_exist([*env_plugins(), *plugins])
+            board = load_board(plugins)
             for failure in board.failures:
                 logger.debug("plugin %r failed to load:\n%s", failure.name, failure.traceback)
             parser = build_parser(board, only=(early.command,) if early.command else ())
+            if early.config:
+                apply_config_file(_command_parser(parser, argv), file_values, early.config)
             args = parser.parse_args(argv)
-            args.plugins = early.plugins or []  # every --plugin, wherever it was given
+            args.plugins = plugins  # every --plugin, wherever it was given (the config file's first)
             return args.run(args, board)
         except PegboardError as exc:
             logger.debug("traceback of the error below", exc_info=True)
@@ -41,13 +54,44 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
 
+def check_named_plugins_exist(names: list[str]) -> None:
+    """A plugin named by ``--plugin``, the config file or PEGBOARD_PLUGINS that is no importable module stops the
+    command at once, in one line (one that fails while importing is refused by name when the engine starts)."""
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a parent package that does not exist, an empty name
+            found = False
+        if not found:
+            raise PluginLoadError(f"plugin {name!r} (--plugin, the --config file or PEGBOARD_PLUGINS) is not an "
+                                  "importable module: is it mistyped, or not installed?")
+
+
 def _early_options(argv: list[str]) -> argparse.Namespace:
-    """``--plugin`` and ``--log-level`` (anywhere in argv) and the command, read before the parsers exist."""
+    """``--plugin``, ``--log-level`` and ``--config`` (anywhere in argv) and the command, read before the parsers
+    exist."""
     early = argparse.ArgumentParser(prog="pegboard", add_help=False, allow_abbrev=False)
     early.add_argument("--plugin", action="append", dest="plugins")
     early.add_argument("--log-level")
+    early.add_argument("--config")
     early.add_argument("command", nargs="?")
     return early.parse_known_args(argv)[0]
+
+
+def _as_list(value: object) -> list[str]:
+    return [] if value is None else [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub)command ``argv`` names: ``serve``'s for ``pegboard serve ...``."""
+    current = parser
+    for token in argv:
+        subcommands = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if subcommands is None:
+            break
+        if token in subcommands.choices:
+            current = subcommands.choices[token]
+    return current
 
 
 @contextlib.contextmanager
@@ -67,10 +111,17 @@ def logging_to_stderr(level: str) -> Iterator[None]:
         pegboard_logger.setLevel(previous_level)
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line naming the flag, with a pointer to ``--help`` (not the usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser(board: Board, *, only: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The parser of every registered command; only the commands whose first word is in ``only`` (default:
     all) add their arguments, so ``pegboard --help`` imports no command's module."""
-    parser = argparse.ArgumentParser(prog="pegboard", description="Pegboard: a plugin-first LLM inference engine.")
+    parser = OneLineErrorParser(prog="pegboard", description="Pegboard: a plugin-first LLM inference engine.")
     parser.add_argument("--version", action="version", version=f"pegboard {__version__}")
     _add_log_level(parser)
     add_plugin_argument(parser)
@@ -104,6 +155,9 @@ def _add_arguments(parser: argparse.ArgumentParser, command: Command, board: Boa
         raise PluginError(f"the command 'pegboard {command.name}' (plugin {owner!r}) is unavailable: "
                           f"{type(exc).__name__}: {exc}") from exc
     _add_log_level(parser)
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="take flags from a YAML file, one 'flag-name: value' per line; the command line "
+                             "overrides it (default: none)")
     with contextlib.suppress(argparse.ArgumentError):  # add_engine_arguments added it already
         add_plugin_argument(parser)
     add_plugin_arguments(parser, board, command.name)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pegboard.core.errors import InvalidParameterError
+from pegboard.core.speculative_config import normalized_speculative_config, speculative_model_of
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # what gpu_memory_utilization=None means on CUDA
@@ -46,11 +48,20 @@ class EngineConfig:
     trust_remote_code: bool = False
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
+    download_dir: str | None = None  # where hub and packaged models are downloaded; None: their caches
+    kv_cache_dtype: str = "auto"  # only auto: the KV cache holds the model's dtype
+    enable_chunked_prefill: bool | None = None  # None or True: prompts over the step's budget go in chunks
+    scheduling_policy: str = "fcfs"  # first come, first served; the only policy
+    speculative_config: dict | None = None  # vLLM's JSON form of speculative_model / num_speculative_tokens
+    generation_config: str = "vllm"  # vllm: the model's generation_config.json is not applied
     plugins: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)  # options for plugins
 
     def __post_init__(self) -> None:
         self.plugins = tuple(self.plugins)
+        check_vllm_only_values(self)
+        if self.speculative_config is not None:
+            self._take_speculative_config()
         if self.block_allocator is None:
             self.block_allocator = "prefix-caching" if self.enable_prefix_caching else "plain"
         for name in ("max_num_seqs", "block_size", "tensor_parallel_size", "pipeline_parallel_size"):
@@ -74,7 +85,42 @@ class EngineConfig:
         if self.dtype not in ("auto", "float32", "float", "bfloat16", "float16", "half"):
             raise InvalidParameterError(
                 f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}", param="dtype")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise InvalidParameterError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+                                        param="device")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise InvalidParameterError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}",
                 param="gpu_memory_utilization")
+
+    def _take_speculative_config(self) -> None:
+        """``speculative_config`` sets speculative_model and num_speculative_tokens, so neither may be given too."""
+        if self.speculative_model is not None or self.num_speculative_tokens is not None:
+            raise InvalidParameterError("speculative_config and speculative_model / num_speculative_tokens say the "
+                                        "same thing: pass one of them", param="speculative_config")
+        self.speculative_config = normalized_speculative_config(self.speculative_config)
+        self.speculative_model = speculative_model_of(self.speculative_config)
+        self.num_speculative_tokens = self.speculative_config["num_speculative_tokens"]
+
+
+def check_vllm_only_values(config: EngineConfig) -> None:
+    """vLLM settings Pegboard takes only at the value that matches what it does; any other is refused by name."""
+    if config.kv_cache_dtype != "auto":
+        raise InvalidParameterError(
+            f"kv_cache_dtype={config.kv_cache_dtype!r}: the KV cache is kept in the model's dtype (dtype=); "
+            "quantized (fp8) KV caches are not implemented: pass auto", param="kv_cache_dtype")
+    if config.enable_chunked_prefill is False:
+        raise InvalidParameterError(
+            "enable_chunked_prefill=False: the scheduler always prefills a prompt that does not fit the step's "
+            "token budget (max_num_batched_tokens) in chunks; turning that off is not implemented",
+            param="enable_chunked_prefill")
+    if config.scheduling_policy != "fcfs":
+        reason = ("request priorities are not implemented" if config.scheduling_policy == "priority"
+                  else "the policies are fcfs and, in vLLM, priority")
+        raise InvalidParameterError(f"scheduling_policy={config.scheduling_policy!r}: {reason}; pass fcfs",
+                                    param="scheduling_policy")
+    if config.generation_config != "vllm":
+        raise InvalidParameterError(
+            f"generation_config={config.generation_config!r}: applying a generation_config.json's defaults to "
+            "requests is not implemented; pass vllm (requests get SamplingParams' defaults, as vLLM's 'vllm')",
+            param="generation_config")

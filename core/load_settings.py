@@ -1,9 +1,10 @@
 """What an engine's settings ask of the model sources and loaders while it loads a model (no torch).
 
-``trust_remote_code`` (may code shipped with a model's config or tokenizer run?) and ``disable_progress_bar``
-(show no progress bars) hold for everything a source or loader does inside ``loading_with(config)``; the
-built-in ones read them with ``load_settings()``, and a plugin's source or loader may too. They travel in a
-context variable, so the ModelSource and ModelLoader interfaces keep their signatures.
+``trust_remote_code`` (may code shipped with a model's config or tokenizer run?), ``disable_progress_bar``
+(show no progress bars) and ``download_dir`` (where downloads go; None: each source's cache) hold for
+everything a source or loader does inside ``loading_with(config)``; the built-in ones read them with
+``load_settings()``, and a plugin's source or loader may too. They travel in a context variable, so the
+ModelSource and ModelLoader interfaces keep their signatures.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Iterator
 class LoadSettings:
     trust_remote_code: bool = False
     disable_progress_bar: bool = False
+    download_dir: str | None = None
 
     @property
     def tqdm_disable(self) -> bool | None:
@@ -37,7 +39,8 @@ def load_settings() -> LoadSettings:
 def loading_with(config: Any) -> Iterator[LoadSettings]:
     """Hold ``config``'s load settings while the block runs; the hub's download bars go off with the bars."""
     settings = LoadSettings(trust_remote_code=bool(config.trust_remote_code),
-                            disable_progress_bar=bool(config.disable_progress_bar))
+                            disable_progress_bar=bool(config.disable_progress_bar),
+                            download_dir=getattr(config, "download_dir", None))
     token = _CURRENT.set(settings)
     try:
         with _hub_progress_bars(enabled=not settings.disable_progress_bar):

@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pegboard.plugins.uniproc_executor",
     "pegboard.plugins.ngram_proposer",
     "pegboard.plugins.prometheus_metrics",
+    "pegboard.plugins.stats_logger",
     "pegboard.plugins.plugins_command",
     "pegboard.plugins.generate_command",
     "pegboard.plugins.serve_command",

@@ -12,7 +12,7 @@ from typing import Any
 from pegboard.core.config import EngineConfig
 from pegboard.core.errors import InvalidParameterError, PluginError, PluginLoadError
 
-SERVER_OPTIONS = ("served_model_name",)  # EngineConfig.extra keys pegboard serve sets itself
+SERVER_OPTIONS = ("served_model_name", "log_stats")  # EngineConfig.extra keys pegboard serve sets itself
 ENGINE_COMMANDS = ("generate", "serve", "bench throughput")
 
 
@@ -29,6 +29,11 @@ def check_settings(config: EngineConfig, board: Any) -> None:
         raise InvalidParameterError(
             "async_scheduling=True cannot run with speculative decoding (how many proposed tokens a step accepts "
             "decides the next step's inputs): drop one of them", param="async_scheduling")
+    method = (config.speculative_config or {}).get("method", "ngram")
+    if method != "ngram" and method not in board.proposers:
+        raise PluginError(f"speculative_config method {method!r}: no loaded proposer plugin registers it (available: "
+                          f"{', '.join(board.proposers.names()) or 'none'}); eagle, medusa, mtp and draft models are "
+                          "not implemented")
     for registry, name, setting in ((board.samplers, config.sampler, "sampler"),
                                     (board.attention_backends, config.attention_backend, "attention_backend")):
         if name != "auto" and name not in registry:

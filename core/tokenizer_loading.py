@@ -56,7 +56,9 @@ def _auto_tokenizer(location: str, name: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(location, trust_remote_code=load_settings().trust_remote_code)
+        settings = load_settings()
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=settings.trust_remote_code,
+                                             cache_dir=settings.download_dir)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelNotFoundError(f"tokenizer {name!r} (--tokenizer): transformers could not load a tokenizer "

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 from pegboard.core.hookspecs import hookimpl
 
-MAX_NGRAM = 4  # the longest tail looked up first
-MIN_NGRAM = 1
+MAX_NGRAM = 4  # the longest tail looked up first (speculative_config's prompt_lookup_max overrides it)
+MIN_NGRAM = 1  # the shortest (prompt_lookup_min)
 
 
 class NgramProposer:
@@ -16,13 +16,16 @@ class NgramProposer:
 
     def __init__(self, *, config: Any, num_speculative_tokens: int) -> None:
         self.k = num_speculative_tokens
+        spec = getattr(config, "speculative_config", None) or {}
+        self.min_ngram = spec.get("prompt_lookup_min", MIN_NGRAM)
+        self.max_ngram = spec.get("prompt_lookup_max", MAX_NGRAM)
 
     def propose(self, requests: Sequence[Any]) -> list[list[int]]:
         """One proposal per request (``request.all_token_ids``): [] where no tail recurs."""
         return [self._lookup(request.all_token_ids) for request in requests]
 
     def _lookup(self, tokens: list[int]) -> list[int]:
-        for n in range(min(MAX_NGRAM, len(tokens) - 1), MIN_NGRAM - 1, -1):
+        for n in range(min(self.max_ngram, len(tokens) - 1), self.min_ngram - 1, -1):
             tail = tokens[-n:]
             for start in range(len(tokens) - n - 1, -1, -1):  # the latest occurrence before the tail itself
                 if tokens[start:start + n] == tail:

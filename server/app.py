@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -17,6 +18,7 @@ from pegboard.core.async_engine import AsyncLLMEngine
 from pegboard.server.chat import create_chat_completion
 from pegboard.server.completions import create_completion
 from pegboard.server.errors import EXCEPTION_HANDLERS, APIError, error_response
+from pegboard.server.http_flags import CORSSettings
 from pegboard.server.protocol import RequestLimits
 from pegboard.server.schemas import openapi_schema
 from pegboard.server.served_name import default_served_name
@@ -28,11 +30,17 @@ OPEN_PATHS = frozenset({"/health"})  # answered without the API key
 
 def build_app(engine: AsyncLLMEngine, served_model_names: tuple[str, ...] | None = None, *,
               api_key: str | None = None, chat_template: str | None = None,
-              limits: RequestLimits | None = None, response_role: str = "assistant") -> Starlette:
+              limits: RequestLimits | None = None, response_role: str = "assistant",
+              cors: CORSSettings | None = None) -> Starlette:
     """The app serving ``engine`` under ``served_model_names`` (default: the model as given, a path's last part),
-    plus plugin routes."""
+    plus plugin routes; CORS headers (outermost, so preflights need no key) when ``cors`` allows origins."""
     names = tuple(served_model_names or (default_served_name(engine.engine.config.model),))
-    middleware = [Middleware(APIKeyMiddleware, api_key=api_key)] if api_key else []
+    middleware = []
+    if cors is not None:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=cors.allow_origins, allow_methods=cors.allow_methods,
+                                     allow_headers=cors.allow_headers, allow_credentials=cors.allow_credentials))
+    if api_key:
+        middleware.append(Middleware(APIKeyMiddleware, api_key=api_key))
     app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
     app.state.pegboard = ServerState.of(engine, names, chat_template, limits, response_role)
     engine.engine.board.pm.hook.register_routes(app=app, engine=engine)
@@ -47,7 +55,7 @@ class APIKeyMiddleware:
         self.expected = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
+        if scope["type"] != "http" or _route_path(scope) in OPEN_PATHS or self._authorized(scope):
             await self.app(scope, receive, send)
             return
         response = error_response(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
@@ -58,6 +66,12 @@ class APIKeyMiddleware:
         scheme, _, credentials = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
         # RFC 7235: the scheme is case-insensitive; the key is compared in constant time
         return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.lstrip(b" "), self.expected)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the routes see: without the root path (``--root-path``) that uvicorn puts in front of it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 async def list_models(request: Request) -> JSONResponse:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,13 @@ from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
 from pegboard.core.config import DEFAULT_MODEL, EngineConfig
 from pegboard.core.errors import InvalidParameterError
 from pegboard.server.connection_flags import add_connection_arguments, connection_limits_from_args
+from pegboard.server.http_flags import (API_KEY_ENVS, add_http_arguments, api_key_from, cors_from_args,
+                                        root_path_from_args, warn_unread_vllm_variables)
+from pegboard.server.refused_vllm_flags import add_refused_vllm_flags
 from pegboard.server.request_limit_flags import add_request_limit_arguments, request_limits_from_args
 from pegboard.server.served_name import default_served_name
 
 logger = logging.getLogger("pegboard.server")
-
-API_KEY_ENV = "PEGBOARD_API_KEY"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     group.add_argument("--served-model-name", nargs="+", metavar="NAME",
                        help="model name(s) clients use in 'model' (default: the MODEL argument)")
-    group.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
-                       help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV})")
+    group.add_argument("--api-key",
+                       help="require 'Authorization: Bearer KEY' on every route but /health (default: "
+                            f"${API_KEY_ENVS[0]}, else ${API_KEY_ENVS[1]}, else none)")
     group.add_argument("--max-waiting-requests", type=int, default=1024,
                        help="sequences allowed to wait beyond --max-num-seqs before answering 503; a request "
                             "counts n x prompts (default: 1024)")
@@ -48,37 +49,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the model's)")
     group.add_argument("--response-role", default="assistant",
                        help="the role of chat answers when add_generation_prompt is true (default: assistant)")
-    group.add_argument("--ssl-keyfile", help="serve HTTPS with this private key")
-    group.add_argument("--ssl-certfile", help="serve HTTPS with this certificate")
+    group.add_argument("--ssl-keyfile", help="serve HTTPS with this private key (default: none)")
+    group.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (default: none, plain HTTP)")
+    add_http_arguments(group)
+    group.add_argument("--disable-log-stats", action="store_true",
+                       help="do not log throughput and load every 10 s (default: logged while the engine steps)")
+    add_refused_vllm_flags(parser)
 
 
 def main(args: argparse.Namespace, board: Any) -> int:
     """Load the model, serve until a signal, then stop; returns the exit status."""
     from pegboard.core.async_engine import AsyncLLMEngine
     from pegboard.server.app import build_app
-    from pegboard.server.http_connections import ServerConfig
     from pegboard.server.uvicorn_server import GracefulServer
 
     for flag, value in (("--max-waiting-requests", args.max_waiting_requests),
                         ("--shutdown-timeout", args.shutdown_timeout), ("--port", args.port)):
         if value < 0:
             raise InvalidParameterError(f"{flag} must be >= 0, got {value}")
+    if args.port > 65535:
+        raise InvalidParameterError(f"--port must be a TCP port, 0 to 65535, got {args.port}")
     limits = connection_limits_from_args(args)
     request_limits = request_limits_from_args(args)
     chat_template = read_chat_template(args.chat_template)
     check_ssl_files(args.ssl_keyfile, args.ssl_certfile)
+    cors, root_path, api_key = cors_from_args(args), root_path_from_args(args), api_key_from(args)
+    warn_unread_vllm_variables()
     names = tuple(args.served_model_name or (default_served_name(args.model),))
     config = EngineConfig(model=args.model, **engine_kwargs_from_args(args))
     config.extra["served_model_name"] = names[0]  # the metrics' model_name label
+    config.extra["log_stats"] = not args.disable_log_stats  # the stats_logger plugin's line every 10 s
     engine = AsyncLLMEngine.from_config(config, board, core_process=True,  # the model lives in a child process
                                         max_waiting_requests=args.max_waiting_requests)
     try:
-        app = build_app(engine, names, api_key=args.api_key, chat_template=chat_template,
-                        limits=request_limits, response_role=args.response_role)
-        server = GracefulServer(ServerConfig(
-            app, limits, host=args.host, port=args.port, log_level=args.log_level, ssl_keyfile=args.ssl_keyfile,
-            ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=args.shutdown_timeout),
-            end_requests=engine.shutdown)
+        app = build_app(engine, names, api_key=api_key, chat_template=chat_template, limits=request_limits,
+                        response_role=args.response_role, cors=cors)
+        server = GracefulServer(server_config(args, app, limits, root_path), end_requests=engine.shutdown)
         stop_when_dead(engine, server)
         server.run()
     finally:
@@ -87,6 +93,16 @@ def main(args: argparse.Namespace, board: Any) -> int:
         logger.error("exiting with status 1: the engine stopped after an unrecoverable error")
         return 1
     return 0 if server.started else 1
+
+
+def server_config(args: argparse.Namespace, app: Any, limits: Any, root_path: str) -> Any:
+    """uvicorn's config as the flags ask: address, TLS, logs, root path, shutdown timeout, connection limits."""
+    from pegboard.server.http_connections import ServerConfig
+
+    return ServerConfig(app, limits, host=args.host, port=args.port,
+                        log_level=args.uvicorn_log_level or args.log_level, access_log=not args.disable_log_requests,
+                        root_path=root_path, ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+                        timeout_graceful_shutdown=args.shutdown_timeout)
 
 
 def stop_when_dead(engine: Any, server: Any) -> None:
@@ -127,3 +143,27 @@ def check_ssl_files(keyfile: str | None, certfile: str | None) -> None:
     for flag, value in (("--ssl-keyfile", keyfile), ("--ssl-certfile", certfile)):
         if value and not Path(value).expanduser().is_file():
             raise InvalidParameterError(f"{flag} {value!r} is not a file")
+    if certfile:
+        _load_certificate(str(Path(certfile).expanduser()), keyfile and str(Path(keyfile).expanduser()))
+
+
+class _KeyPasswordAsked(Exception):
+    pass
+
+
+def _load_certificate(certfile: str, keyfile: str | None) -> None:
+    """Load the certificate and key as uvicorn will, so that a bad file is refused at start in one line."""
+    import ssl
+
+    def no_password() -> str:
+        raise _KeyPasswordAsked
+
+    files = f"--ssl-certfile {certfile!r}" + (f" with --ssl-keyfile {keyfile!r}" if keyfile else "")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile, password=no_password)
+    except _KeyPasswordAsked:
+        raise InvalidParameterError(f"{files}: the private key is encrypted, and pegboard serve takes no key "
+                                    "password; decrypt it (openssl pkey -in KEY -out KEY.plain)") from None
+    except ssl.SSLError as exc:
+        raise InvalidParameterError(f"{files}: not a PEM certificate and its private key ({exc.reason or exc})"
+                                    ) from None

@@ -49,3 +49,16 @@ def test_tokenizer_special_ids_include_added_tokens():
 def test_bad_range_is_rejected():
     with pytest.raises(ValueError, match="input lengths"):
         mixed_requests(VOCAB, 1, min_input_len=9, max_input_len=3, min_output_len=1, max_output_len=1, seed=0)
+
+
+def test_random_prompts_are_runs_of_consecutive_ordinary_ids_as_vllm_makes_them():
+    requests = random_requests(VOCAB, 50, input_len=10, output_len=8, seed=5, range_ratio=0.5, prefix_len=3)
+    prefix = requests[0].prompt_token_ids[:3]
+    for request in requests:
+        assert request.prompt_token_ids[:3] == prefix  # one shared random prefix
+        run = [VOCAB.index(t) for t in request.prompt_token_ids[3:]]
+        assert all((b - a) % len(VOCAB) == 1 for a, b in zip(run, run[1:]))  # consecutive, wrapping
+        assert 5 <= request.input_len - 3 <= 15 and 4 <= request.output_len <= 12  # [floor(L/2), ceil(3L/2)]
+    assert len({r.input_len for r in requests}) > 1
+    with pytest.raises(ValueError, match="range ratio must be in"):
+        random_requests(VOCAB, 1, input_len=4, output_len=4, seed=0, range_ratio=1.0)

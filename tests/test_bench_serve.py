@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -67,7 +69,7 @@ def test_requests_go_to_the_endpoint_with_fixed_output_lengths():
     chat = request_body("chat", "m", "hi", 7)
     assert chat["messages"] == [{"role": "user", "content": "hi"}] and chat["max_completion_tokens"] == 7
     for body in (completion, chat):
-        assert body["ignore_eos"] and body["stream"] and body["stream_options"] == {"include_usage": True}
+        assert body["stream"] and body["stream_options"] == {"include_usage": True}
 
 
 def test_a_chunk_of_tokens_counts_even_when_its_text_is_empty():
@@ -165,22 +167,67 @@ def fake_server() -> Iterator[str]:
 
 def test_bench_serve_against_a_fake_server_counts_tokens_and_failures(fake_server, tiny_llama_dir, tmp_path,
                                                                       capsys):
-    out = tmp_path / "serve.json"
     assert main(["bench", "serve", "--base-url", fake_server, "--tokenizer", str(tiny_llama_dir),
-                 "--dataset", "mixed", "--num-prompts", "8", "--min-input-len", "4", "--max-input-len", "12",
-                 "--min-output-len", "2", "--max-output-len", "6", "--max-concurrency", "3",
-                 "--output-json", str(out)]) == 0
+                 "--dataset-name", "mixed", "--num-prompts", "8", "--min-input-len", "4", "--max-input-len", "12",
+                 "--min-output-len", "2", "--max-output-len", "6", "--max-concurrency", "3", "--ignore-eos",
+                 "--save-result", "--result-dir", str(tmp_path / "results"), "--result-filename", "serve.json"]) == 0
     printed = capsys.readouterr().out
-    assert "Serving Benchmark Result" in printed and "P99 ITL (ms):" in printed
-    report = json.loads(out.read_text())
-    assert report["model"] == "fake-model"  # from /v1/models
+    assert "Serving Benchmark Result" in printed and "P99 ITL (ms):" in printed and "E2EL" not in printed
+    report = json.loads((tmp_path / "results" / "serve.json").read_text())
+    assert report["model_id"] == "fake-model"  # from /v1/models
     assert (report["completed"], report["failed"]) == (6, 2)  # after the check request, calls 4 and 8 get 503
-    per_request = report["requests"]
-    done = [i for i, error in enumerate(per_request["errors"]) if not error]
-    assert report["total_output_tokens"] == sum(per_request["output_lens"][i] for i in done)
-    assert report["total_input_tokens"] == sum(per_request["input_lens"][i] for i in done)
-    assert all(len(per_request["itls"][i]) == per_request["output_lens"][i] - 1 for i in done)
-    assert report["ttft_ms"]["mean"] > 0 and report["tpot_ms"]["mean"] > 0
+    done = [i for i, error in enumerate(report["errors"]) if not error]
+    assert report["total_output_tokens"] == sum(report["output_lens"][i] for i in done)
+    assert report["total_input_tokens"] == sum(report["input_lens"][i] for i in done)
+    assert all(len(report["itls"][i]) == report["output_lens"][i] - 1 for i in done)
+    assert report["mean_ttft_ms"] > 0 and report["p99_tpot_ms"] > 0 and "mean_e2el_ms" not in report  # vLLM's keys
+    assert "api_key" not in report["settings"]
+
+
+def test_vllm_bench_serve_flags_pick_the_server_the_figures_and_the_file(fake_server, tiny_chat_model, tmp_path,
+                                                                         monkeypatch, capsys):
+    port = fake_server.rsplit(":", 1)[1]
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "serve", "--host", "127.0.0.1", "--port", port, "--endpoint", "/v1/chat/completions",
+                 "--model", "fake-model", "--tokenizer", str(tiny_chat_model), "--dataset-name", "random",
+                 "--random-input-len", "6", "--random-output-len", "3", "--num-prompts", "5", "--request-rate", "50",
+                 "--percentile-metrics", "ttft,e2el", "--metric-percentiles", "50,99.9", "--save-result"]) == 0
+    printed = capsys.readouterr().out
+    assert "Request rate configured (RPS):           50.00" in printed
+    assert "P50 TTFT (ms):" in printed and "P99.9 E2EL (ms):" in printed and "TPOT" not in printed
+    [saved] = tmp_path.glob("*.json")
+    assert saved.name.startswith("openai-50.0qps-fake-model-")  # vLLM's name: {backend}-{rate}qps-{model}-{date}
+    report = json.loads(saved.read_text())
+    assert report["num_prompts"] == 5 and "p99.9_e2el_ms" in report and report["completed"] == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--percentile-metrics", "ttft,goodput"], "--percentile-metrics: goodput unknown"),
+    (["--metric-percentiles", "101"], "--metric-percentiles must be numbers in"),
+    (["--endpoint", "/v1/embeddings"], "--endpoint '/v1/embeddings': the routes are"),
+])
+def test_bad_report_and_endpoint_flags_are_one_line_errors(argv, message, capsys):
+    assert main(["bench", "serve", "--base-url", "http://127.0.0.1:1", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ignore_eos_is_sent_only_when_asked_for():
+    assert "ignore_eos" not in request_body("completions", "m", [1], 4)
+    assert request_body("completions", "m", [1], 4, ignore_eos=True)["ignore_eos"] is True
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_a_progress_bar_counts_requests_on_a_terminal(fake_server, tiny_llama_dir, monkeypatch, capsys, disabled):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["bench", "serve", "--base-url", fake_server, "--model", "m", "--tokenizer", str(tiny_llama_dir),
+                 "--random-input-len", "4", "--random-output-len", "2", "--num-prompts", "3",
+                 *(["--disable-tqdm"] if disabled else [])]) == 0
+    assert ("requests: 100%" in terminal.getvalue()) == (not disabled)
 
 
 def test_chat_streams_time_the_first_content_not_the_role_chunk(fake_server):
@@ -201,4 +248,4 @@ def test_an_unreachable_server_is_a_clean_error(tiny_llama_dir):
         main(["bench", "serve", "--base-url", "http://127.0.0.1:1"])
     with pytest.raises(SystemExit, match="the first request to http://127.0.0.1:1/v1/completions failed"):
         main(["bench", "serve", "--base-url", "http://127.0.0.1:1", "--model", "m", "--tokenizer", str(tiny_llama_dir),
-              "--num-prompts", "2", "--input-len", "4", "--output-len", "2"])
+              "--num-prompts", "2", "--random-input-len", "4", "--random-output-len", "2"])

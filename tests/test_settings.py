@@ -271,6 +271,7 @@ def test_the_triton_backend_off_cuda_is_refused_naming_the_setting(tiny_llama_di
     (dict(tensor_parallel_size=0), "tensor_parallel_size"), (dict(pipeline_parallel_size=-1), "pipeline_parallel_size"),
     (dict(num_speculative_tokens=-1), "num_speculative_tokens"), (dict(gpu_memory_utilization=1.5),
                                                                   "gpu_memory_utilization"),
+    (dict(device="tpu"), "device"), (dict(device="cuda:x"), "device"),
 ])
 def test_out_of_range_values_are_refused_naming_the_field(options, name):
     with pytest.raises(InvalidParameterError, match=name) as raised:
@@ -297,14 +298,50 @@ def test_extra_takes_the_options_plugins_declare_and_the_servers(tiny_llama_dir,
     assert sys.modules[plugin].seen == [{"shout": True, "served_model_name": "m"}]
 
 
-def test_a_mistyped_plugin_stops_the_command_naming_it(tiny_chat_model, capsys):
+def test_a_mistyped_plugin_stops_the_command_at_once_in_one_line(tiny_chat_model, capsys):
     assert main(["generate", str(tiny_chat_model), "--load-format", "dummy", "--plugin", "pegbaord_typo",
                  "--prompt", "x"]) == 2
-    assert "error: plugin 'pegbaord_typo' (--plugin, plugins= or PEGBOARD_PLUGINS) failed to load" in \
-        capsys.readouterr().err
+    assert capsys.readouterr().err == ("error: plugin 'pegbaord_typo' (--plugin, the --config file or "
+                                       "PEGBOARD_PLUGINS) is not an importable module: is it mistyped, or not "
+                                       "installed?\n")
+
+
+def test_a_named_plugin_that_fails_while_importing_stops_the_engine_naming_it(tiny_chat_model, module_dir,
+                                                                              capsys):
+    module_dir("plugin_that_raises", "raise ImportError('needs the foo package')\n")
+    assert main(["generate", str(tiny_chat_model), "--load-format", "dummy", "--plugin", "plugin_that_raises",
+                 "--prompt", "x"]) == 2
+    assert ("error: plugin 'plugin_that_raises' (--plugin, plugins= or PEGBOARD_PLUGINS) failed to load: "
+            "ImportError: needs the foo package") in capsys.readouterr().err
 
 
 # ---- serve's own flags ------------------------------------------------------------------------------------------
+
+
+def test_a_certificate_and_key_that_load_are_taken(tmp_path):
+    pytest.importorskip("cryptography")
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                   .sign(key, hashes.SHA256()))
+    cert, plain, locked = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "locked.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    plain.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    locked.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.BestAvailableEncryption(b"secret")))
+    check_ssl_files(str(plain), str(cert))
+    with pytest.raises(InvalidParameterError, match="the private key is encrypted"):
+        check_ssl_files(str(locked), str(cert))
 
 
 def test_chat_template_is_a_file_or_a_template_that_parses(tmp_path):
@@ -321,7 +358,9 @@ def test_chat_template_is_a_file_or_a_template_that_parses(tmp_path):
 def test_ssl_flags_need_a_certificate_and_existing_files(tmp_path):
     cert = tmp_path / "cert.pem"
     cert.write_text("x")
-    check_ssl_files(None, str(cert))
+    with pytest.raises(InvalidParameterError, match=r"--ssl-certfile '.*cert.pem': not a PEM certificate and its "
+                                                    r"private key \("):
+        check_ssl_files(None, str(cert))
     with pytest.raises(InvalidParameterError, match="--ssl-keyfile needs --ssl-certfile"):
         check_ssl_files(str(cert), None)
     with pytest.raises(InvalidParameterError, match="--ssl-certfile '/no/cert.pem' is not a file"):

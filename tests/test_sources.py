@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -150,3 +151,30 @@ def test_hub_offline_gives_a_helpful_error(tmp_path: Path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match=r"hub could not be reached.*pass its path") as info:
         HubSource().resolve("pegboard-tests/no-such-model")
     assert "pegboard-tests/no-such-model" in str(info.value)
+
+
+@pytest.mark.parametrize("terminal, disabled, bar", [(True, False, True), (True, True, False), (False, False, False)])
+def test_pip_shows_its_download_bar_only_on_a_terminal_with_bars_on(tmp_path: Path, monkeypatch, terminal, disabled,
+                                                                     bar):
+    from pegboard.core.config import EngineConfig
+    from pegboard.core.load_settings import loading_with
+
+    class Stderr(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append((command, kwargs))
+        (tmp_path / "x-1.0-py3-none-any.whl").write_bytes(b"")
+        return subprocess.CompletedProcess(command, 0, stdout=None, stderr=None)
+
+    stderr = Stderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    monkeypatch.setattr(sources.subprocess, "run", run)
+    with loading_with(EngineConfig(disable_progress_bar=disabled)):
+        sources.download_wheel("x==1.0", tmp_path)
+    [(command, kwargs)] = calls
+    assert command[command.index("--progress-bar") + 1] == ("on" if bar else "off")
+    assert (kwargs["stdout"] is stderr) == bar  # pip's bar (rich) draws on its stdout: our terminal

@@ -1,54 +1,108 @@
 """``pegboard bench serve``: stream requests at an OpenAI-compatible server and report latency and throughput.
 
-Prompts are random ordinary token ids (``plugins/bench/data.py``); every request is greedy with
-``ignore_eos`` and a fixed ``max_tokens``, so output lengths do not depend on the model. Requests arrive
-all at once (``--request-rate inf``) or as a Poisson process, at most ``--max-concurrency`` at a time.
+The flags and figures are ``vllm bench serve``'s. Prompts are runs of ordinary token ids (vLLM's random dataset,
+``plugins/bench/data.py``); every request is greedy with a fixed ``max_tokens`` (and ``ignore_eos`` with
+``--ignore-eos``). Requests arrive all at once (``--request-rate inf``) or as a Poisson process, at most
+``--max-concurrency`` at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import json
 import math
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
+from pegboard.core.errors import PegboardError
 from pegboard.plugins.bench.data import BenchRequest, mixed_requests, ordinary_token_ids, random_requests
 from pegboard.plugins.bench.serve_client import ENDPOINTS, endpoint_url, request_body, send
-from pegboard.plugins.bench.serve_stats import RequestResult, format_summary, summarize
+from pegboard.plugins.bench.serve_result import result_path, write_result
+from pegboard.plugins.bench.serve_stats import METRICS, RequestResult, format_summary, summarize
 
 DATASET_DEFAULTS = {"mixed": 64, "random": 1000}  # default --num-prompts per dataset
+BACKENDS = {"openai": "completions", "openai-chat": "chat"}  # vLLM's --backend -> the endpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The server to load, the prompts, and how they arrive."""
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="the server (default: %(default)s)")
-    parser.add_argument("--endpoint", choices=tuple(ENDPOINTS), default="completions",
-                        help="completions (token-id prompts) or chat (prompts as text; default: %(default)s)")
-    parser.add_argument("--model", help="model name to send (default: the server's first in /v1/models)")
-    parser.add_argument("--tokenizer", help="model whose vocabulary makes the prompts (default: --model)")
-    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+    """The server to load, the prompts, how they arrive and what is reported: ``vllm bench serve``'s flags."""
+    server = parser.add_argument_group("server")
+    server.add_argument("--base-url", help="the server, e.g. http://10.0.0.2:8000 (default: http://HOST:PORT)")
+    server.add_argument("--host", default="127.0.0.1", help="the server's address (default: %(default)s)")
+    server.add_argument("--port", type=int, default=8000, help="the server's port (default: %(default)s)")
+    server.add_argument("--backend", choices=tuple(BACKENDS), default="openai",
+                        help="openai: /v1/completions with token-id prompts; openai-chat: /v1/chat/completions with "
+                             "the prompts' text (default: %(default)s)")
+    server.add_argument("--endpoint", help="the route, /v1/completions or /v1/chat/completions (default: the "
+                                           "backend's)")
+    server.add_argument("--model", help="model name to send (default: the server's first in /v1/models)")
+    server.add_argument("--tokenizer", help="model whose vocabulary makes the prompts (default: --model)")
+    server.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
                         help="sent as a bearer token (default: $OPENAI_API_KEY)")
-    parser.add_argument("--dataset", choices=tuple(DATASET_DEFAULTS), default="random",
-                        help="random: fixed --input-len/--output-len; mixed: lengths drawn from the ranges")
-    parser.add_argument("--num-prompts", type=int, help="requests to send (default: 64 mixed, 1000 random)")
-    parser.add_argument("--input-len", type=int, default=1024)
-    parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--min-input-len", type=int, default=32)
-    parser.add_argument("--max-input-len", type=int, default=512)
-    parser.add_argument("--min-output-len", type=int, default=32)
-    parser.add_argument("--max-output-len", type=int, default=256)
-    parser.add_argument("--request-rate", type=float, default=math.inf,
-                        help="requests per second, Poisson arrivals; inf sends all at once (default)")
-    parser.add_argument("--max-concurrency", type=int, help="most requests in flight at once (default: no limit)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts and the arrival times")
-    parser.add_argument("--output-json", metavar="PATH", help="write the figures, settings and per-request timings")
+    data = parser.add_argument_group("prompts")
+    data.add_argument("--dataset-name", "--dataset", dest="dataset_name", choices=tuple(DATASET_DEFAULTS),
+                      default="random", help="random: vLLM's random dataset (--random-*); mixed: lengths drawn from "
+                                             "--min/max-input/output-len (default: %(default)s)")
+    data.add_argument("--num-prompts", type=int, help="requests to send (default: 1000 random, 64 mixed)")
+    data.add_argument("--random-input-len", "--input-len", dest="random_input_len", type=int, default=1024,
+                      help="prompt tokens (default: %(default)s)")
+    data.add_argument("--random-output-len", "--output-len", dest="random_output_len", type=int, default=128,
+                      help="tokens to generate, max_tokens (default: %(default)s)")
+    data.add_argument("--random-range-ratio", type=float, default=0.0,
+                      help="lengths drawn from [L(1-r), L(1+r)] (default: %(default)s, fixed lengths)")
+    data.add_argument("--random-prefix-len", type=int, default=0,
+                      help="random tokens every prompt starts with, before its own (default: %(default)s)")
+    for flag, default in (("--min-input-len", 32), ("--max-input-len", 512), ("--min-output-len", 32),
+                          ("--max-output-len", 256)):
+        data.add_argument(flag, type=int, default=default, help=f"mixed dataset (default: {default})")
+    data.add_argument("--seed", type=int, default=0, help="seed of the prompts and the arrival times (default: 0)")
+    load = parser.add_argument_group("load")
+    load.add_argument("--request-rate", type=float, default=math.inf,
+                      help="requests per second, Poisson arrivals; inf sends all at once (default: inf)")
+    load.add_argument("--max-concurrency", type=int, help="most requests in flight at once (default: no limit)")
+    load.add_argument("--ignore-eos", action="store_true",
+                      help="ask for exactly --random-output-len tokens, past EOS (default: off, as vLLM)")
+    report = parser.add_argument_group("report")
+    report.add_argument("--percentile-metrics", default="ttft,tpot,itl",
+                        help=f"comma-separated, of {','.join(METRICS)} (default: %(default)s)")
+    report.add_argument("--metric-percentiles", default="99",
+                        help="comma-separated percentiles of each metric, e.g. 50,90,99 (default: %(default)s)")
+    report.add_argument("--save-result", action="store_true",
+                        help="write the figures, settings and per-request timings as JSON (default: off)")
+    report.add_argument("--result-dir", help="directory of the JSON file (default: the current one)")
+    report.add_argument("--result-filename",
+                        help="its name (default: {backend}-{rate}qps[-concurrency{N}]-{model}-{date}.json, as vLLM)")
+    report.add_argument("--disable-tqdm", action="store_true", help="no progress bar (default: one on a terminal)")
+
+
+def selected_report(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The metrics and percentiles ``--percentile-metrics`` / ``--metric-percentiles`` pick; refusals name them."""
+    metrics = tuple(m.strip() for m in args.percentile_metrics.split(",") if m.strip())
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise PegboardError(f"--percentile-metrics: {', '.join(unknown)} unknown (known: {', '.join(METRICS)})")
+    try:
+        percentiles = tuple(float(p) for p in args.metric_percentiles.split(","))
+    except ValueError:
+        percentiles = ()
+    if not percentiles or not all(0 <= p <= 100 for p in percentiles):
+        raise PegboardError(f"--metric-percentiles must be numbers in [0, 100], got {args.metric_percentiles!r}")
+    return metrics, percentiles
+
+
+def server_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The base URL and the endpoint name (completions or chat) the flags name."""
+    base = args.base_url or f"http://{args.host}:{args.port}"
+    endpoint = BACKENDS[args.backend]
+    if args.endpoint:
+        by_path = {path: name for name, path in ENDPOINTS.items()}
+        endpoint = by_path.get("/" + args.endpoint.strip("/"), args.endpoint if args.endpoint in ENDPOINTS else None)
+        if endpoint is None:
+            raise PegboardError(f"--endpoint {args.endpoint!r}: the routes are {', '.join(ENDPOINTS.values())}")
+    return base, endpoint
 
 
 # ---- prompts -----------------------------------------------------------------------------------
@@ -72,10 +126,14 @@ def load_vocabulary(model: str, plugins: list[str]) -> tuple[list[int], Any]:
 
 
 def build_requests(args: argparse.Namespace, vocab: list[int]) -> list[BenchRequest]:
-    num_prompts = args.num_prompts or DATASET_DEFAULTS[args.dataset]
-    if args.dataset == "random":
-        return random_requests(vocab, num_prompts, input_len=args.input_len, output_len=args.output_len,
-                               seed=args.seed)
+    num_prompts = args.num_prompts or DATASET_DEFAULTS[args.dataset_name]
+    if args.dataset_name == "random":
+        try:
+            return random_requests(vocab, num_prompts, input_len=args.random_input_len,
+                                   output_len=args.random_output_len, seed=args.seed,
+                                   range_ratio=args.random_range_ratio, prefix_len=args.random_prefix_len)
+        except ValueError as exc:
+            raise PegboardError(f"--random-*: {exc}") from None
     return mixed_requests(vocab, num_prompts, min_input_len=args.min_input_len, max_input_len=args.max_input_len,
                           min_output_len=args.min_output_len, max_output_len=args.max_output_len, seed=args.seed)
 
@@ -111,28 +169,37 @@ async def run_requests(requests: list[BenchRequest], send_one: Callable[[BenchRe
     return list(results), time.perf_counter() - started
 
 
-async def benchmark(args: argparse.Namespace, requests: list[BenchRequest], tokenizer: Any,
-                    model: str) -> tuple[list[RequestResult], float]:
-    """Check the endpoint with one short request, then run them all."""
+async def benchmark(args: argparse.Namespace, requests: list[BenchRequest], tokenizer: Any, model: str,
+                    base_url: str, endpoint: str) -> tuple[list[RequestResult], float]:
+    """Check the endpoint with one short request, then run them all under a progress bar."""
     import httpx2
+    from tqdm import tqdm
 
-    url = endpoint_url(args.base_url, args.endpoint)
+    url = endpoint_url(base_url, endpoint)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
     def prompt(request: BenchRequest) -> str | list[int]:
-        return tokenizer.decode(request.prompt_token_ids) if args.endpoint == "chat" else request.prompt_token_ids
+        return tokenizer.decode(request.prompt_token_ids) if endpoint == "chat" else request.prompt_token_ids
 
     connections = httpx2.Limits(max_connections=args.max_concurrency or len(requests), max_keepalive_connections=None)
     async with httpx2.AsyncClient(timeout=httpx2.Timeout(6 * 3600.0), limits=connections) as client:
         async def send_one(request: BenchRequest, output_len: int | None = None) -> RequestResult:
-            body = request_body(args.endpoint, model, prompt(request), output_len or request.output_len)
+            body = request_body(endpoint, model, prompt(request), output_len or request.output_len,
+                                ignore_eos=args.ignore_eos)
             return await send(client, url, body, headers, request.input_len)
 
         check = await send_one(requests[0], output_len=2)
         if not check.success:
             raise SystemExit(f"the first request to {url} failed: {check.error}")
-        return await run_requests(requests, send_one, request_rate=args.request_rate,
-                                  max_concurrency=args.max_concurrency, seed=args.seed)
+        with tqdm(total=len(requests), desc="requests", unit="req", dynamic_ncols=True,
+                  disable=True if args.disable_tqdm else None) as bar:
+            async def counted(request: BenchRequest) -> RequestResult:
+                result = await send_one(request)
+                bar.update(1)
+                return result
+
+            return await run_requests(requests, counted, request_rate=args.request_rate,
+                                      max_concurrency=args.max_concurrency, seed=args.seed)
 
 
 def served_model(base_url: str, api_key: str | None) -> str:
@@ -154,36 +221,25 @@ def served_model(base_url: str, api_key: str | None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    model = args.model or served_model(args.base_url, args.api_key)
+    metrics, percentiles = selected_report(args)
+    base_url, endpoint = server_url(args)
+    model = args.model or served_model(base_url, args.api_key)
     vocab, tokenizer = load_vocabulary(args.tokenizer or model, getattr(args, "plugins", None) or [])
-    if args.endpoint == "chat" and tokenizer is None:
+    if endpoint == "chat" and tokenizer is None:
         raise SystemExit(f"the chat endpoint sends text prompts: {args.tokenizer or model} has no tokenizer "
                          "(name one with --tokenizer)")
     requests = build_requests(args, vocab)
-    results, duration = asyncio.run(benchmark(args, requests, tokenizer, model))
-    summary = summarize(results, duration)
-    print(format_summary(summary, args.max_concurrency, args.request_rate))
+    results, duration = asyncio.run(benchmark(args, requests, tokenizer, model, base_url, endpoint))
+    summary = summarize(results, duration, percentiles)
+    print(format_summary(summary, args.max_concurrency, args.request_rate, metrics))
     asked = sum(r.output_len for r, result in zip(requests, results) if result.success)
-    if summary["total_output_tokens"] != asked:
+    if args.ignore_eos and summary["total_output_tokens"] != asked:
         print(f"warning: the server generated {summary['total_output_tokens']} tokens; {asked} were asked for")
     errors = sorted({r.error for r in results if not r.success})
     for error in errors[:5]:
         print(f"failed: {error}")
-    if args.output_json:
-        write_json(args.output_json, args, model, summary, results)
+    if args.save_result:
+        path = result_path(args, model)
+        write_result(path, args, model, summary, results, metrics)
+        print(f"wrote {path}")
     return 0 if summary["completed"] else 1
-
-
-def write_json(path: str, args: argparse.Namespace, model: str, summary: dict[str, Any],
-               results: list[RequestResult]) -> None:
-    settings = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    settings.pop("api_key", None)
-    settings["request_rate"] = str(args.request_rate)  # JSON has no inf
-    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "model": model, "settings": settings,
-              **summary,
-              "requests": {"input_lens": [r.prompt_len for r in results],
-                           "output_lens": [r.output_tokens for r in results],
-                           "ttfts": [r.ttft for r in results], "itls": [r.itl for r in results],
-                           "errors": [r.error for r in results]}}
-    Path(path).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path}")

@@ -18,10 +18,14 @@ def endpoint_url(base_url: str, endpoint: str) -> str:
     return base + (path.removeprefix("/v1") if base.endswith("/v1") else path)
 
 
-def request_body(endpoint: str, model: str, prompt: str | list[int], output_len: int) -> dict[str, Any]:
-    """A greedy streaming request for exactly ``output_len`` tokens (``ignore_eos`` is a vLLM-style extra)."""
+def request_body(endpoint: str, model: str, prompt: str | list[int], output_len: int, *,
+                 ignore_eos: bool = False) -> dict[str, Any]:
+    """A greedy streaming request for at most ``output_len`` tokens, exactly so with ``ignore_eos`` (a vLLM extra,
+    sent only when asked for, as vLLM's client does)."""
     body: dict[str, Any] = {"model": model, "temperature": 0.0, "stream": True,
-                            "stream_options": {"include_usage": True}, "ignore_eos": True}
+                            "stream_options": {"include_usage": True}}
+    if ignore_eos:
+        body["ignore_eos"] = True
     if endpoint == "chat":
         return {**body, "messages": [{"role": "user", "content": prompt}], "max_completion_tokens": output_len}
     return {**body, "prompt": prompt, "max_tokens": output_len}

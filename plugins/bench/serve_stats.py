@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-PERCENTILES = (99,)
+PERCENTILES = (99.0,)  # --metric-percentiles' default
+METRICS = ("ttft", "tpot", "itl", "e2el")  # what --percentile-metrics may select
+TITLES = {"ttft": ("Time to First Token", "TTFT"), "tpot": ("Time per Output Token (excl. 1st token)", "TPOT"),
+          "itl": ("Inter-token Latency", "ITL"), "e2el": ("End-to-end Latency", "E2EL")}
 
 
 @dataclass
@@ -21,13 +24,18 @@ class RequestResult:
     error: str = ""
 
 
-def distribution(seconds: list[float], percentiles: tuple[int, ...] = PERCENTILES) -> dict[str, float]:
+def percentile_name(p: float) -> str:
+    """``p99`` for 99, ``p99.9`` for 99.9, as vLLM names them."""
+    return f"p{int(p)}" if int(p) == p else f"p{p}"
+
+
+def distribution(seconds: list[float], percentiles: tuple[float, ...] = PERCENTILES) -> dict[str, float]:
     """Mean, median, standard deviation and percentiles in milliseconds (zeros for no values, as vLLM)."""
     import numpy as np
 
     values = np.asarray(seconds or [0.0], dtype=np.float64) * 1000
     figures = {"mean": float(values.mean()), "median": float(np.median(values)), "std": float(values.std())}
-    figures.update({f"p{p}": float(np.percentile(values, p)) for p in percentiles})
+    figures.update({percentile_name(p): float(np.percentile(values, p)) for p in percentiles})
     return figures
 
 
@@ -39,7 +47,7 @@ def tpot(result: RequestResult) -> float | None:
 
 
 def summarize(results: list[RequestResult], duration: float,
-              percentiles: tuple[int, ...] = PERCENTILES) -> dict[str, Any]:
+              percentiles: tuple[float, ...] = PERCENTILES) -> dict[str, Any]:
     """Counts, throughputs and TTFT / TPOT / ITL / E2EL distributions over the successful requests."""
     done = [r for r in results if r.success]
     input_tokens = sum(r.prompt_len for r in done)
@@ -61,30 +69,33 @@ def summarize(results: list[RequestResult], duration: float,
     }
 
 
-def format_summary(summary: dict[str, Any], max_concurrency: int | None, request_rate: float) -> str:
-    """The summary as a table laid out like vLLM's ``bench serve`` result."""
+def format_summary(summary: dict[str, Any], max_concurrency: int | None, request_rate: float,
+                   metrics: tuple[str, ...] = ("ttft", "tpot", "itl")) -> str:
+    """The summary laid out as vLLM's ``bench serve`` prints it, with the ``metrics`` selected."""
     lines = [f"{' Serving Benchmark Result ':=^50}"]
 
-    def row(label: str, value: Any, digits: int = 2) -> None:
-        text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    def row(label: str, value: Any) -> None:
+        text = f"{value:.2f}" if isinstance(value, float) else str(value)
         lines.append(f"{label:<40} {text:<10}")
 
     row("Successful requests:", summary["completed"])
     row("Failed requests:", summary["failed"])
-    row("Request rate configured (RPS):", request_rate)
-    row("Maximum request concurrency:", max_concurrency if max_concurrency else "none")
+    if max_concurrency is not None:
+        row("Maximum request concurrency:", max_concurrency)
+    if request_rate != float("inf"):
+        row("Request rate configured (RPS):", float(request_rate))
     row("Benchmark duration (s):", summary["duration_s"])
     row("Total input tokens:", summary["total_input_tokens"])
     row("Total generated tokens:", summary["total_output_tokens"])
     row("Request throughput (req/s):", summary["request_throughput"])
     row("Output token throughput (tok/s):", summary["output_throughput"])
     row("Total token throughput (tok/s):", summary["total_token_throughput"])
-    for key, title, short in (("ttft_ms", "Time to First Token", "TTFT"),
-                              ("tpot_ms", "Time per Output Token (excl. 1st token)", "TPOT"),
-                              ("itl_ms", "Inter-token Latency", "ITL"),
-                              ("e2el_ms", "End-to-end Latency", "E2EL")):
+    for metric in METRICS:  # vLLM's order, whatever the order asked for
+        if metric not in metrics:
+            continue
+        title, short = TITLES[metric]
         lines.append(f"{title:-^50}")
-        for stat, figure in summary[key].items():
+        for stat, figure in summary[f"{metric}_ms"].items():
             if stat != "std":
                 row(f"{stat.capitalize() if stat in ('mean', 'median') else stat.upper()} {short} (ms):", figure)
     lines.append("=" * 50)

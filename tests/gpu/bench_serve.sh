@@ -42,15 +42,14 @@ for root in "${roots[@]:-}"; do
   echo "| req/s offered | achieved | TTFT mean / P99 ms | TPOT median / P99 ms | requests |"
   for rate in "${rates[@]}"; do
     python3 -m pegboard.core.cli bench serve --base-url "http://127.0.0.1:$port" --model llama8b --tokenizer "$cfg" \
-      --dataset random --input-len 1024 --output-len 128 --num-prompts 400 --request-rate "$rate" --seed 0 \
-      --output-json "$out/serve_${label}_$rate.json" > "$out/bench_${label}_$rate.txt" 2>&1 \
-      || { echo "bench at $rate req/s failed:"; tail -20 "$out/bench_${label}_$rate.txt"; }
+      --dataset-name random --random-input-len 1024 --random-output-len 128 --num-prompts 400 --ignore-eos \
+      --request-rate "$rate" --seed 0 --save-result --result-dir "$out" --result-filename "serve_${label}_$rate.json" \
+      > "$out/bench_${label}_$rate.txt" 2>&1 || { echo "bench at $rate req/s failed:"; tail -20 "$out/bench_${label}_$rate.txt"; }
     python3 - "$out/serve_${label}_$rate.json" "$rate" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-t, o = r["ttft_ms"], r["tpot_ms"]
-print(f"| {sys.argv[2]} | {r['request_throughput']:.2f} | {t['mean']:.0f} / {t['p99']:.0f} | "
-      f"{o['median']:.1f} / {o['p99']:.1f} | {r['completed']} done, {r['failed']} failed |")
+print(f"| {sys.argv[2]} | {r['request_throughput']:.2f} | {r['mean_ttft_ms']:.0f} / {r['p99_ttft_ms']:.0f} | "
+      f"{r['median_tpot_ms']:.1f} / {r['p99_tpot_ms']:.1f} | {r['completed']} done, {r['failed']} failed |")
 PY
   done
   kill "$server"; wait "$server" || true

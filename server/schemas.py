@@ -2,8 +2,9 @@
 and fixed bounds (what depends on the served model is checked in protocol.py), and /openapi.json made of them.
 
 JSON types are exact (``true`` is not 1, ``"2"`` is not 2), numbers finite, and ``null`` means the default, as in
-OpenAI's API. Unknown top-level fields are ignored, as OpenAI and vLLM do, so clients sending newer fields keep
-working; vLLM's fields that this server cannot honour are refused by name (protocol.py: REFUSED).
+OpenAI's API. A field the route does not know is a 400 naming it, where OpenAI and vLLM ignore it (vLLM logs a
+warning): a request that believes it asked for something is told it did not. vLLM's fields that this server
+cannot honour are refused by name too (protocol.py: REFUSED).
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ class StructuredOutputs(Strict):
 class SamplingBody(Strict):
     """The fields both generating routes share."""
 
-    model_config = ConfigDict(extra="ignore")
     response_format: ResponseFormat | None = None
     structured_outputs: StructuredOutputs | None = None
     guided_json: dict[str, Any] | str | None = None
@@ -153,7 +153,6 @@ class ChatBody(SamplingBody):
 class TokenizeBody(Strict):
     """POST /tokenize (vLLM's): a prompt, or messages through the chat template."""
 
-    model_config = ConfigDict(extra="ignore")
     model: str | None = None
     prompt: str | None = None
     messages: list[Message] | None = Field(None, min_length=1)
@@ -167,7 +166,6 @@ class TokenizeBody(Strict):
 class DetokenizeBody(Strict):
     """POST /detokenize (vLLM's)."""
 
-    model_config = ConfigDict(extra="ignore")
     model: str | None = None
     tokens: list[TokenId]
 
@@ -186,6 +184,8 @@ def validate(schema: type[Schema], body: dict[str, Any]) -> Schema:
         param = errors[0][0]
         if errors[0][2]["type"] == "missing" and not errors[0][1]:
             raise invalid(param, "is required") from None
+        if errors[0][2]["type"] == "extra_forbidden" and len(errors[0][2]["loc"]) == 1:  # a top-level field
+            raise invalid(param, "is not a field of this route (refused rather than ignored)") from None
         # a field of several types fails once per type: say what each wanted
         wanted = ", or ".join(f"{f'at {rest}: ' if rest else ''}{error['msg'][0].lower()}{error['msg'][1:]}"
                               for name, rest, error in errors[:3] if name == param)

@@ -9,19 +9,7 @@
 set -euo pipefail
 out="${OUT:-/tmp}"
 cfg="$(mktemp -d)/llama-3.1-8b-shape"
-python3 - "$cfg" "${TOKENIZER:?set TOKENIZER to a folder of tokenizer files}" <<'PY'
-import shutil, sys
-from pathlib import Path
-from transformers import LlamaConfig
-LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-            intermediate_size=14336, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
-            rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-            architectures=["LlamaForCausalLM"]).save_pretrained(sys.argv[1])
-for f in Path(sys.argv[2]).iterdir():
-    shutil.copy(f, sys.argv[1])
-PY
+python3 tests/gpu/llama8b_config.py "$cfg" "${TOKENIZER:?set TOKENIZER to a folder of tokenizer files}"
 read -r -a roots <<< "${ROOTS:-}"
 read -r -a rates <<< "${RATES:-8 16 24 32 40}"
 port=8123

@@ -95,7 +95,7 @@ class PiecewiseGraphs:
     @torch.inference_mode()
     def capture(self) -> None:
         """Capture every bucket, largest first, into one shared memory pool."""
-        started = time.perf_counter()
+        started, reserved = time.perf_counter(), torch.cuda.memory_reserved()
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -109,9 +109,10 @@ class PiecewiseGraphs:
                 self.layers = cutter.layers
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
-        logger.info("captured CUDA graphs for %d prefill token counts (%d..%d, %d pieces each) in %.1f s",
-                    len(self.buckets), self.buckets[0], self.buckets[-1], len(self.pieces[self.buckets[-1]]),
-                    time.perf_counter() - started)
+        logger.info("captured CUDA graphs for %d prefill token counts (%d..%d, %d pieces each) in %.1f s, "
+                    "%.2f GiB more reserved", len(self.buckets), self.buckets[0], self.buckets[-1],
+                    len(self.pieces[self.buckets[-1]]), time.perf_counter() - started,
+                    (torch.cuda.memory_reserved() - reserved) / 2**30)
 
     def fits(self, num_tokens: int) -> bool:
         return num_tokens <= self.buckets[-1]

@@ -22,6 +22,8 @@ REFUSED: dict[tuple[str, ...], str] = {
     ("--override-generation-config",): "a model's generation config is not applied (--generation-config vllm)",
     ("--hf-overrides",): f"overriding the model's config {NOT_IMPLEMENTED}",
     ("--limit-mm-per-prompt", "--mm-processor-kwargs"): "multimodal inputs are not supported (text only)",
+    ("--api-server-count", "-asc"): "one HTTP front-end process serves every request (the engine core runs in its "
+                                    "own process); more front ends are not implemented in Pegboard",
     ("--uds",): f"serving on a Unix socket {NOT_IMPLEMENTED}: use --host and --port",
     ("--ssl-ca-certs", "--ssl-cert-reqs"): f"client-certificate TLS {NOT_IMPLEMENTED}",
     ("--middleware",): "add routes and middleware with a plugin (register_routes) instead",

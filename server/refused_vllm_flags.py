@@ -16,7 +16,8 @@ REFUSED: dict[tuple[str, ...], str] = {
     ("--distributed-executor-backend",): "the executor is a plugin: name it with --executor",
     ("--swap-space", "--cpu-offload-gb"): f"offloading to CPU memory {NOT_IMPLEMENTED}",
     ("--compilation-config", "-O", "--max-seq-len-to-capture", "--cuda-graph-sizes"):
-        "CUDA graphs are captured for every decode batch size up to --max-num-seqs; --enforce-eager turns them off",
+        "CUDA graphs are captured per decode batch size up to --max-num-seqs and per token bucket for steps with "
+        "prefill chunks; --cudagraph-mode picks which, --enforce-eager turns them off",
     ("--disable-custom-all-reduce",): f"multi-GPU all-reduce {NOT_IMPLEMENTED}",
     ("--override-generation-config",): "a model's generation config is not applied (--generation-config vllm)",
     ("--hf-overrides",): f"overriding the model's config {NOT_IMPLEMENTED}",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pegboard.core.errors import UnsupportedModelError
-from pegboard.plugins.gguf_file import GGUFFile
+from pegboard.plugins.gguf_file import GGUFFile, open_gguf
 
 # general.architecture -> (transformers config class, HF architecture name). Mistral GGUFs say "llama".
 ARCHITECTURES = {
@@ -115,16 +115,21 @@ def llama3_rope_factors(scaling: dict, head_dim: int, theta: float) -> list[floa
     return out
 
 
-def gguf_tokenizer(gguf: GGUFFile) -> Any:
+def gguf_tokenizer(path: str) -> Any:
     """The file's own tokenizer through transformers' public GGUF path, or None without a vocabulary.
 
     ``PreTrainedTokenizerFast.from_pretrained(dir, gguf_file=name)`` is the call AutoTokenizer ends in for
-    these files, minus its probe of the model type, which parses the whole file again (3-7 s here).
+    these files, minus its probe of the model type, which parses the whole file again (3-7 s here). It reads
+    only the tokenizer's metadata, so a front end whose engine core runs in another process never parses the
+    whole file (about 1 s); only a refusal looks at the whole metadata, for whether there is a vocabulary.
     ``tokenizer_file=""`` keeps transformers from preferring a tokenizer.json that sits beside the file.
     """
-    if "tokenizer.ggml.tokens" not in gguf.metadata:
-        return None
     from transformers import PreTrainedTokenizerFast
 
-    path = Path(gguf.path)
-    return PreTrainedTokenizerFast.from_pretrained(path.parent, gguf_file=path.name, tokenizer_file="")
+    file = Path(path)
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(file.parent, gguf_file=file.name, tokenizer_file="")
+    except ValueError:
+        if "tokenizer.ggml.tokens" not in open_gguf(path).metadata:
+            return None
+        raise

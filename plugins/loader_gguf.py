@@ -50,7 +50,8 @@ class GGUFLoader:
     def load_tokenizer(self, files: ModelFiles) -> Any:
         from pegboard.plugins.gguf_metadata import gguf_tokenizer
 
-        return gguf_tokenizer(_open(files))
+        _check_format(files)
+        return gguf_tokenizer(files.path)
 
     def iter_weights(self, files: ModelFiles, config: Any, device: Any = None) -> Iterator[tuple[str, "torch.Tensor"]]:
         """(HF name, float32 tensor) for every weight, q/k rows restored to HF's rotary layout; dequantized
@@ -134,9 +135,13 @@ def _one_cpu_thread(device: "torch.device") -> Iterator[None]:
 def _open(files: ModelFiles) -> "GGUFFile":
     from pegboard.plugins.gguf_file import open_gguf
 
+    _check_format(files)
+    return open_gguf(files.path)
+
+
+def _check_format(files: ModelFiles) -> None:
     if files.format != "gguf":
         raise UnsupportedModelError(f"the gguf loader needs a .gguf file, got {files.format!r} files at {files.path}")
-    return open_gguf(files.path)
 
 
 @hookimpl

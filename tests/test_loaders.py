@@ -142,6 +142,17 @@ def write_gguf(path: Path, arch: str, tensors: dict, metadata: dict | None = Non
     return ModelFiles(str(path), "gguf", path.name)
 
 
+def test_gguf_without_a_vocabulary_has_no_tokenizer(tmp_path: Path):
+    files = write_gguf(tmp_path / "novocab.gguf", "llama", {"token_embd.weight": torch.zeros(4, 8).numpy()})
+    assert GGUFLoader().load_tokenizer(files) is None
+
+
+def test_gguf_tokenizer_alone_does_not_parse_the_whole_file(gguf_files):
+    gguf_file._parse_cached.cache_clear()  # a front end whose core runs in another process
+    assert GGUFLoader().load_tokenizer(gguf_files)("Hello").input_ids
+    assert gguf_file._parse_cached.cache_info().currsize == 0
+
+
 def test_gguf_unsupported_architecture(tmp_path: Path):
     files = write_gguf(tmp_path / "gpt2.gguf", "gpt2", {"token_embd.weight": torch.zeros(4, 8).numpy()})
     with pytest.raises(UnsupportedModelError, match=r"'gpt2'.*llama, qwen2, qwen3"):

@@ -69,10 +69,9 @@ def test_other_vocabularies_fall_back_to_the_decoded_text():
 
 @pytest.mark.slow
 def test_smollm2_tokens_spell_the_text_byte_for_byte(smollm2_gguf):
-    from pegboard.plugins.gguf_file import open_gguf
     from pegboard.plugins.gguf_metadata import gguf_tokenizer
 
-    tokenizer = gguf_tokenizer(open_gguf(smollm2_gguf))
+    tokenizer = gguf_tokenizer(str(smollm2_gguf))
     token_bytes = TokenBytes(tokenizer)
     text = "naïve 😊 — ünïcödé\n\tdone"
     ids = tokenizer(text, add_special_tokens=False).input_ids

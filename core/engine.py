@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pegboard.core.config import EngineConfig
-from pegboard.core.grammar_processor import grammar_spec
+from pegboard.core.grammar_processor import check_grammar
 from pegboard.core.model_info import ModelInfo, check_prompt
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.messages import EngineCoreOutputs, EngineGauges
@@ -114,7 +114,7 @@ class LLMEngine:
         if params.stop and self.tokenizer is None:
             raise InvalidParameterError("stop strings need a tokenizer, and this engine has none (skip_tokenizer_init, "
                                         "or the model ships none): stop on stop_token_ids instead", param="stop")
-        grammar_spec(params, self.board.grammars)  # a grammar nothing provides is refused here, by name
+        check_grammar(params, self.board.grammars)  # a grammar nothing provides, or a bad spec, is refused here
         requests = self.output_processor.add_request(request_id, text, ids, params, self.eos_token_id,
                                                      arrival_time=arrival_time, final_output_only=final_output_only)
         try:

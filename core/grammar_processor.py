@@ -34,18 +34,26 @@ def grammar_spec(params: SamplingParams, grammars: Any) -> tuple[str, Any] | Non
     return spec["kind"], spec["spec"]
 
 
+def check_grammar(params: SamplingParams, grammars: Any) -> None:
+    """Refuse, by name, a grammar nothing provides or a spec its grammar finds wrong (the front end's check)."""
+    spec = grammar_spec(params, grammars)
+    if spec is not None:
+        grammars.get(spec[0]).validate(spec[1])
+
+
 class GrammarProcessor:
     """A LogitsProcessor holding one compiled matcher per guided request."""
 
     follows_tokens = True  # the mask of a step depends on every token accepted before it
 
     def __init__(self, grammars: Any, *, vocab_size: int, device: Any, eos_token_id: Callable[[str], int | None],
-                 tokenizer: Any = None) -> None:
+                 tokenizer: Any = None, load_tokenizer: Callable[[], Any] | None = None) -> None:
         self.grammars = grammars
         self.vocab_size = vocab_size
         self.device = device
         self.eos_token_id = eos_token_id
         self.tokenizer = tokenizer
+        self.load_tokenizer = load_tokenizer  # loads ``tokenizer`` at the first guided request, when not given
         self.matchers: dict[str, GrammarMatcher] = {}
 
     def add_request(self, request_id: str, params: SamplingParams, prompt_token_ids: Sequence[int]) -> bool:
@@ -53,6 +61,8 @@ class GrammarProcessor:
         if spec is None:
             return False
         kind, body = spec
+        if self.tokenizer is None and self.load_tokenizer is not None:
+            self.tokenizer = self.load_tokenizer()
         matcher = self.grammars.get(kind).compile(body, vocab_size=self.vocab_size, tokenizer=self.tokenizer)
         require(matcher, GrammarMatcher, kind="grammar matcher", name=kind, owner=self.grammars.owners[kind])
         self.matchers[request_id] = matcher

@@ -39,6 +39,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pegboard.plugins.prefix_caching_allocator",
     "pegboard.plugins.uniproc_executor",
     "pegboard.plugins.ngram_proposer",
+    "pegboard.plugins.structured_outputs",
     "pegboard.plugins.prometheus_metrics",
     "pegboard.plugins.plugins_command",
     "pegboard.plugins.generate_command",

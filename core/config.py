@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pegboard.core.errors import InvalidParameterError
+from pegboard.core.structured_outputs_config import structured_outputs_backend
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # what gpu_memory_utilization=None means on CUDA
@@ -43,11 +44,13 @@ class EngineConfig:
     trust_remote_code: bool = False
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
+    structured_outputs_config: dict | None = None  # {"backend": auto|pegboard|xgrammar|llguidance|guidance}
     plugins: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)  # options for plugins
 
     def __post_init__(self) -> None:
         self.plugins = tuple(self.plugins)
+        structured_outputs_backend(self.structured_outputs_config)  # its keys and backend name, checked now
         if self.block_allocator is None:
             self.block_allocator = "prefix-caching" if self.enable_prefix_caching else "plain"
         for name in ("max_num_seqs", "block_size", "tensor_parallel_size", "pipeline_parallel_size"):

@@ -23,6 +23,7 @@ from pegboard.core.request import Request, RequestStatus
 from pegboard.core.launched_step import LaunchedStep
 from pegboard.core.scheduler import Scheduler
 from pegboard.core.settings import check_settings
+from pegboard.core.structured_outputs_config import check_backend, structured_outputs_backend
 from pegboard.core.tokenizer_loading import shared_tokenizer
 
 logger = logging.getLogger("pegboard.engine")
@@ -42,6 +43,7 @@ def check_features(config: EngineConfig, board: Board) -> None:
         need(board.quantization_schemes, config.quantization, f"quantization={config.quantization!r}")
     need(board.block_allocators, config.block_allocator, f"block_allocator={config.block_allocator!r}")
     need(board.executors, config.executor, f"executor={config.executor!r}")
+    check_backend(config, board.grammars)
     if config.speculative_model or config.num_speculative_tokens:
         need(board.proposers, proposer_name(config, board), f"speculative_model={config.speculative_model!r}")
         if not config.num_speculative_tokens:
@@ -96,7 +98,8 @@ class EngineCore:
         self._overlap = self._async_scheduling()
         self._in_flight: _StepInFlight | None = None
         self.grammar_compiler = GrammarCompiler(self.board.grammars, vocab_size=self.hf_config.vocab_size,
-                                                tokenizer=lambda: shared_tokenizer(config, self.board, self.files))
+                                                tokenizer=lambda: shared_tokenizer(config, self.board, self.files),
+                                                backend=structured_outputs_backend(config.structured_outputs_config))
 
     # ---- set-up ------------------------------------------------------------------------------------------
 

@@ -22,8 +22,10 @@ COMPILE_THREADS = 2
 class GrammarCompiler:
     """The requests whose grammars are compiling, and the threads compiling them."""
 
-    def __init__(self, grammars: Any, *, vocab_size: int, tokenizer: Callable[[], Any]) -> None:
+    def __init__(self, grammars: Any, *, vocab_size: int, tokenizer: Callable[[], Any],
+                 backend: str = "pegboard") -> None:
         self.grammars = grammars
+        self.backend = backend
         self.vocab_size = vocab_size
         self.tokenizer = tokenizer
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -38,7 +40,7 @@ class GrammarCompiler:
 
     def submit(self, request: Request) -> bool:
         """Start compiling the request's grammar; False when it asks for none (schedule it at once)."""
-        spec = grammar_spec(request.sampling_params, self.grammars)
+        spec = grammar_spec(request.sampling_params, self.grammars, self.backend)
         if spec is None:
             return False
         if self._pool is None:
@@ -47,10 +49,10 @@ class GrammarCompiler:
         self._waiting[request.request_id] = (request, self._pool.submit(self._compile, *spec))
         return True
 
-    def _compile(self, kind: str, body: Any) -> None:
+    def _compile(self, name: str, body: Any) -> None:
         with self._lock:  # one tokenizer load, shared by the threads
             tokenizer = self.tokenizer()
-        self.grammars.get(kind).compile(body, vocab_size=self.vocab_size, tokenizer=tokenizer)
+        self.grammars.get(name).compile(body, vocab_size=self.vocab_size, tokenizer=tokenizer)
 
     def ready(self) -> list[tuple[Request, BaseException | None]]:
         """The requests whose compile ended, in arrival order, each with its error (None: compiled)."""

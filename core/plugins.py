@@ -40,6 +40,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "pegboard.plugins.uniproc_executor",
     "pegboard.plugins.ngram_proposer",
     "pegboard.plugins.structured_outputs",
+    "pegboard.plugins.xgrammar_backend",
+    "pegboard.plugins.llguidance_backend",
     "pegboard.plugins.prometheus_metrics",
     "pegboard.plugins.plugins_command",
     "pegboard.plugins.generate_command",

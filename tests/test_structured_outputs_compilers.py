@@ -165,3 +165,25 @@ def test_a_lark_grammar_that_cannot_be_a_dfa_is_refused(grammar, message):
 def test_a_constraint_past_the_size_cap_is_refused():
     with pytest.raises(GrammarTooLargeError, match="too large"):
         compile_dfa(parse_regex("(a|b)*a(a|b){16}"))  # 2^16 DFA states
+
+
+def test_the_mask_table_allows_exactly_the_tokens_whose_bytes_stay_alive():
+    """The trie walk against a plain walk of every token from every state."""
+    import numpy as np
+
+    from pegboard.plugins.structured_outputs.dfa import DEAD
+    from pegboard.plugins.structured_outputs.vocabulary import Vocabulary, _trie, mask_table
+
+    rng = np.random.default_rng(0)
+    alphabet = b'{}[]",: ab1\\\xc3\xa9'
+    pieces = [b""] + [bytes(rng.choice(list(alphabet), size=rng.integers(1, 5))) for _ in range(300)]
+    vocabulary = Vocabulary(tuple(pieces), *_trie(pieces))
+    dfa = compile_dfa(schema_to_regex({"type": "object", "properties": {"a": {"type": "string", "maxLength": 3}}}))
+    table = mask_table(dfa, vocabulary)
+    for state in range(dfa.num_states):
+        for token, piece in enumerate(pieces):
+            walked = state
+            for byte in piece:
+                walked = dfa.transitions[walked, byte]
+            expected = bool(piece) and walked != DEAD and state != DEAD
+            assert bool(table[state, token // 32] >> (token % 32) & 1) == expected, (state, piece)

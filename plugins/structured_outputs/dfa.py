@@ -94,14 +94,18 @@ class _NFA:
         return found
 
     def _build(self, node: ra.Node, cont: int) -> int:
-        if isinstance(node, ra.Chars):
+        if isinstance(node, ra.Chars):  # a byte-range trie whose equal suffixes (continuation bytes) are shared
             entry = self.state()
+            suffixes: dict[tuple[tuple[int, int], ...], int] = {(): cont}
+
+            def suffix(ranges: tuple[tuple[int, int], ...]) -> int:
+                if ranges not in suffixes:
+                    state = suffixes[ranges] = self.state()
+                    self.edges[state].append((*ranges[0], suffix(ranges[1:])))
+                return suffixes[ranges]
+
             for sequence in (s for lo, hi in node.ranges for s in utf8_sequences(lo, hi)):
-                state = entry
-                for i, (blo, bhi) in enumerate(sequence):
-                    target = cont if i == len(sequence) - 1 else self.state()
-                    self.edges[state].append((blo, bhi, target))
-                    state = target
+                self.edges[entry].append((*sequence[0], suffix(sequence[1:])))
             return entry
         if isinstance(node, ra.Concat):
             for item in reversed(node.items):
@@ -176,11 +180,26 @@ def compile_dfa(node: ra.Node, *, what: str = "the constraint") -> DFA:
         i += 1
     by_segment = np.array(rows, dtype=np.int32)
     accepting = np.array([final in states for states in order])
-    return _minimize(by_segment[:, segment_of_byte], accepting, what)
+    minimal, accepting = _minimize(by_segment, accepting, what)
+    return DFA(np.ascontiguousarray(minimal[:, segment_of_byte]), accepting)
 
 
-def _minimize(transitions: np.ndarray, accepting: np.ndarray, what: str) -> DFA:
-    """Fold states that cannot reach acceptance into the dead state, then merge equivalent states (Moore)."""
+_WEIGHTS = np.random.default_rng(0).integers(1, 2**63, size=4096, dtype=np.uint64)
+
+
+def _group(signature: np.ndarray) -> np.ndarray:
+    """Equal rows -> equal group ids (by a row hash, checked exactly; np.unique of rows if two rows collide)."""
+    hashes = (signature.astype(np.uint64) * _WEIGHTS[:signature.shape[1]]).sum(axis=1)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    if (signature == signature[first[inverse]]).all():
+        return inverse
+    return np.unique(signature, axis=0, return_inverse=True)[1].ravel()
+
+
+def _minimize(transitions: np.ndarray, accepting: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fold states that cannot reach acceptance into the dead state, then merge equivalent states (Moore);
+    ``transitions`` [S, segments] -> the minimal [S', segments] and its accepting states."""
     live = accepting.copy()
     while True:  # live = can reach an accepting state
         grown = live | live[transitions].any(axis=1)
@@ -195,9 +214,7 @@ def _minimize(transitions: np.ndarray, accepting: np.ndarray, what: str) -> DFA:
     # Moore: split blocks by (block, successor blocks) until stable; dead stays alone, start is renumbered 1
     block = np.where(live, np.where(accepting, 2, 1), 0).astype(np.int64)
     while True:
-        signature = np.concatenate([block[:, None], block[transitions]], axis=1)
-        _, refined = np.unique(signature, axis=0, return_inverse=True)
-        refined = refined.ravel()
+        refined = _group(np.concatenate([block[:, None], block[transitions]], axis=1))
         if refined.max() == block.max():
             break
         block = refined
@@ -214,7 +231,7 @@ def _minimize(transitions: np.ndarray, accepting: np.ndarray, what: str) -> DFA:
     representative = np.zeros(len(order), dtype=np.int64)
     representative[states[::-1]] = np.arange(len(states))[::-1]
     minimal = states[transitions[representative]].astype(np.int32)
-    return DFA(minimal, accepting[representative] & (np.arange(len(order)) != DEAD))
+    return minimal, accepting[representative] & (np.arange(len(order)) != DEAD)
 
 
 def overlap(a: DFA, b: DFA) -> bool:

@@ -30,6 +30,9 @@ def accepts(node, text: str) -> bool:
     (r".{2}", ["é中", "ab"], ["a", "a\n"]),
     (r"[a-c-]+|\u00e9", ["a-b", "é"], ["d"]),
     (r"x{2,3}?", ["xx", "xxx"], ["x", "xxxx"]),
+    (r"a?", ["", "a"], ["aa"]),  # every live state accepts: minimization must still tell them apart
+    (r"a{,2}", ["", "a", "aa"], ["aaa"]),
+    (r"a{3}", ["aaa"], ["aa", "aaaa"]),
 ])
 def test_a_regex_matches_what_python_matches(pattern, yes, no):
     dfa = compile_dfa(parse_regex(pattern))

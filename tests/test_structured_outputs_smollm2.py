@@ -54,7 +54,7 @@ OTHER_KINDS = [
     ("Write a sum of small numbers.", StructuredOutputsParams(
         grammar='start: NUMBER (" + " NUMBER)* " = " NUMBER\n%import common.INT -> NUMBER'),
      lambda t: re.fullmatch(r"\d+( \+ \d+)* = \d+", t)),
-    ("Describe a dog as a JSON object.", StructuredOutputsParams(json_object=True),
+    ("Give a JSON object with a name.", StructuredOutputsParams(json_object=True),
      lambda t: isinstance(json.loads(t), dict)),
 ]
 

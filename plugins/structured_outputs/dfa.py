@@ -212,7 +212,7 @@ def _minimize(transitions: np.ndarray, accepting: np.ndarray, what: str) -> tupl
     transitions = np.where(live[transitions], transitions, DEAD)
     transitions[~live] = DEAD
     # Moore: split blocks by (block, successor blocks) until stable; dead stays alone, start is renumbered 1
-    block = np.where(live, np.where(accepting, 2, 1), 0).astype(np.int64)
+    block = _group(np.where(live, np.where(accepting, 2, 1), 0)[:, None])  # dense ids: max() counts the blocks
     while True:
         refined = _group(np.concatenate([block[:, None], block[transitions]], axis=1))
         if refined.max() == block.max():

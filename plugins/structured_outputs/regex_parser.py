@@ -4,6 +4,8 @@ refused with an error naming them. ``\\d``, ``\\w`` and ``\\s`` are ASCII, as in
 
 from __future__ import annotations
 
+import re
+
 from pegboard.core.errors import InvalidParameterError
 from pegboard.plugins.structured_outputs import regex_ast as ra
 
@@ -14,6 +16,7 @@ ANY_BUT_NEWLINE = ra.complement(ra.char_set("\n"))
 CLASS_ESCAPES = {"d": DIGIT, "w": WORD, "s": SPACE,
                  "D": ra.complement(DIGIT), "W": ra.complement(WORD), "S": ra.complement(SPACE)}
 CHAR_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "0": "\0", "a": "\a"}
+_BOUNDS = re.compile(r"\{(?P<low>\d*)(?P<comma>,(?P<high>\d*))?\}(?<!\{\})(?<!\{,\})")  # {n} {n,} {n,m} {,m}
 UNSUPPORTED_ESCAPES = {"b": "word boundaries (\\b)", "B": "word boundaries (\\B)", "G": "\\G", "K": "\\K"}
 
 
@@ -77,9 +80,11 @@ class _Parser:
                 low, high = 1, None
             elif c == "?":
                 low, high = 0, 1
-            elif c == "{" and self._bounds_ahead():
-                low, high = self.bounds()
-                self.pos -= 1
+            elif c == "{" and _BOUNDS.match(self.text, self.pos):
+                bounds = _BOUNDS.match(self.text, self.pos)
+                low = int(bounds["low"] or 0)
+                high = low if bounds["comma"] is None else (int(bounds["high"]) if bounds["high"] else None)
+                self.pos = bounds.end() - 1
             else:
                 return node
             self.pos += 1
@@ -88,22 +93,6 @@ class _Parser:
             elif self.peek() == "+":
                 raise self.fail("possessive quantifiers are not supported")
             node = _checked_repeat(self, node, low, high)
-
-    def _bounds_ahead(self) -> bool:
-        end = self.text.find("}", self.pos)
-        body = self.text[self.pos + 1:end] if end > 0 else ""
-        parts = body.split(",")
-        return end > 0 and len(parts) <= 2 and all(p.strip().isdigit() or p.strip() == "" for p in parts) \
-            and parts[0].strip() + "".join(parts[1:]).strip() != ""
-
-    def bounds(self) -> tuple[int, int | None]:
-        end = self.text.index("}", self.pos)
-        body = self.text[self.pos + 1:end]
-        self.pos = end + 1
-        if "," not in body:
-            return int(body), int(body)
-        lo, hi = body.split(",")
-        return int(lo or 0), (int(hi) if hi.strip() else None)
 
     def atom(self) -> ra.Node:
         c = self.take()

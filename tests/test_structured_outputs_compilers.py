@@ -190,3 +190,31 @@ def test_the_mask_table_allows_exactly_the_tokens_whose_bytes_stay_alive():
                 walked = dfa.transitions[walked, byte]
             expected = bool(piece) and walked != DEAD and state != DEAD
             assert bool(table[state, token // 32] >> (token % 32) & 1) == expected, (state, piece)
+
+
+def _random_regexes():
+    from hypothesis import strategies as st
+
+    atoms = st.sampled_from(["a", "b", "[ab]", "[^a]", ".", "é", "\\d"])
+    quantifiers = st.sampled_from(["", "?", "*", "+", "{2}", "{0,2}", "{1,}", "{,1}"])
+
+    def extend(inner):
+        return st.one_of(st.tuples(inner, inner).map("".join), st.tuples(inner, inner).map("|".join),
+                         st.tuples(inner, quantifiers).map(lambda p: f"({p[0]}){p[1]}"))
+
+    return st.recursive(st.tuples(atoms, quantifiers).map("".join), extend, max_leaves=6)
+
+
+def test_random_regexes_match_what_python_matches():
+    """A property test: random regexes over a small alphabet, random texts, the DFA against Python's re."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(_random_regexes(), st.lists(st.text(alphabet="ab1é\n", max_size=6), min_size=1, max_size=8))
+    def check(pattern, texts):
+        dfa = compile_dfa(parse_regex(pattern))
+        for text in texts:
+            assert dfa.matches(text.encode()) == bool(re.fullmatch(pattern, text)), (pattern, text)
+
+    check()

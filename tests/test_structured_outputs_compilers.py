@@ -218,3 +218,24 @@ def test_random_regexes_match_what_python_matches():
             assert dfa.matches(text.encode()) == bool(re.fullmatch(pattern, text)), (pattern, text)
 
     check()
+
+
+def test_a_spec_compiled_by_two_threads_at_once_is_compiled_once():
+    import threading
+    import time
+
+    from pegboard.plugins.structured_outputs.grammars import _LRU
+
+    cache, calls = _LRU(4), []
+
+    def make():
+        calls.append(1)
+        time.sleep(0.05)
+        return "compiled"
+
+    threads = [threading.Thread(target=cache.get_or_make, args=("spec", make)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [1] and cache.get_or_make("spec", make) == "compiled"

@@ -15,21 +15,28 @@ CACHE_SIZE = 64  # compiled (constraint, tokenizer) pairs kept, least recently u
 
 
 class _LRU:
-    """A small thread-safe least-recently-used map."""
+    """A small thread-safe least-recently-used map; a key being made is made once (other callers wait for it)."""
 
     def __init__(self, size: int) -> None:
         self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+        self._making: dict[Any, threading.Lock] = {}
 
     def get_or_make(self, key: Any, make: Callable[[], Any]) -> Any:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        value = make()
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._lock:
+                if key in self._items:
+                    return self._items[key]
+            value = make()
+            with self._lock:
+                self._items[key] = value
+                self._making.pop(key, None)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
         return value
 
 

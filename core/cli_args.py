@@ -99,6 +99,9 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
     "trust_remote_code": dict(action="store_true", help="let transformers run code shipped with the model's or "
                                                         "the tokenizer's files (custom config or tokenizer classes)"),
     "skip_tokenizer_init": dict(action="store_true", help="load no tokenizer (prompts must be token ids)"),
+    "structured_outputs_config": dict(type=json.loads, metavar="JSON",
+                                      help='structured-outputs backend, e.g. \'{"backend": "xgrammar"}\' (auto, '
+                                           'pegboard, xgrammar, llguidance or guidance; default: the built-in)'),
     "disable_progress_bar": dict(action="store_true", help="show no progress bars (download, weights, prompts; "
                                                            "they show only on a terminal anyway)"),
 }

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.speculative_config import normalized_speculative_config, speculative_model_of
+from pegboard.core.structured_outputs_config import structured_outputs_backend
 
 DEFAULT_MODEL = "smollm2"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # what gpu_memory_utilization=None means on CUDA
@@ -54,6 +55,7 @@ class EngineConfig:
     scheduling_policy: str = "fcfs"  # first come, first served; the only policy
     speculative_config: dict | None = None  # vLLM's JSON form of speculative_model / num_speculative_tokens
     generation_config: str = "vllm"  # vllm: the model's generation_config.json is not applied
+    structured_outputs_config: dict | None = None  # {"backend": auto|pegboard|xgrammar|llguidance|guidance}
     plugins: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)  # options for plugins
 
@@ -62,6 +64,7 @@ class EngineConfig:
         check_vllm_only_values(self)
         if self.speculative_config is not None:
             self._take_speculative_config()
+        structured_outputs_backend(self.structured_outputs_config)  # its keys and backend name, checked now
         if self.block_allocator is None:
             self.block_allocator = "prefix-caching" if self.enable_prefix_caching else "plain"
         for name in ("max_num_seqs", "block_size", "tensor_parallel_size", "pipeline_parallel_size"):

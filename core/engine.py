@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pegboard.core.config import EngineConfig
-from pegboard.core.grammar_processor import grammar_spec
+from pegboard.core.grammar_processor import check_grammar
 from pegboard.core.model_info import ModelInfo, check_prompt
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.messages import EngineCoreOutputs, EngineGauges
@@ -18,6 +18,7 @@ from pegboard.core.output_processor import OutputProcessor
 from pegboard.core.outputs import RequestOutput
 from pegboard.core.plugins import Board, load_board
 from pegboard.core.sampling_params import SamplingParams
+from pegboard.core.structured_outputs_config import structured_outputs_backend
 from pegboard.core.tokenizer_loading import load_tokenizer
 
 logger = logging.getLogger("pegboard.engine")
@@ -63,6 +64,7 @@ class LLMEngine:
         self.tokenizer = None if config.skip_tokenizer_init else self._load_tokenizer()
         self.eos_token_id = self._eos_token_id()
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.grammar_backend = structured_outputs_backend(config.structured_outputs_config)
         self.gauges: EngineGauges = self.core.gauges()  # as of the last step or abort, for metrics scrapes
         self._observe_steps = self.board.has_observers("on_step_end")
         self._observe_finished = self.board.has_observers("on_request_finished")
@@ -114,7 +116,7 @@ class LLMEngine:
         if params.stop and self.tokenizer is None:
             raise InvalidParameterError("stop strings need a tokenizer, and this engine has none (skip_tokenizer_init, "
                                         "or the model ships none): stop on stop_token_ids instead", param="stop")
-        grammar_spec(params, self.board.grammars)  # a grammar nothing provides is refused here, by name
+        check_grammar(params, self.board.grammars, self.grammar_backend)  # refused here: no grammar, a bad spec
         requests = self.output_processor.add_request(request_id, text, ids, params, self.eos_token_id,
                                                      arrival_time=arrival_time, final_output_only=final_output_only)
         try:

@@ -12,6 +12,7 @@ from typing import cast
 from pegboard.core.batch_defaults import default_max_num_batched_tokens
 from pegboard.core.config import EngineConfig
 from pegboard.core.errors import InvalidParameterError, PluginError, is_device_failure
+from pegboard.core.grammar_compiler import GrammarCompiler
 from pegboard.core.interfaces import BlockAllocator, Executor, LaunchingExecutor, Proposer
 from pegboard.core.model_info import ModelInfo, check_prompt
 from pegboard.core.messages import (EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest, EngineGauges,
@@ -22,8 +23,11 @@ from pegboard.core.request import Request, RequestStatus
 from pegboard.core.launched_step import LaunchedStep
 from pegboard.core.scheduler import Scheduler
 from pegboard.core.settings import check_settings
+from pegboard.core.structured_outputs_config import check_backend, structured_outputs_backend
+from pegboard.core.tokenizer_loading import shared_tokenizer
 
 logger = logging.getLogger("pegboard.engine")
+GRAMMAR_POLL_SECONDS = 0.005  # an idle loop waits this long for a compiling grammar before it steps again
 
 
 def check_features(config: EngineConfig, board: Board) -> None:
@@ -39,6 +43,7 @@ def check_features(config: EngineConfig, board: Board) -> None:
         need(board.quantization_schemes, config.quantization, f"quantization={config.quantization!r}")
     need(board.block_allocators, config.block_allocator, f"block_allocator={config.block_allocator!r}")
     need(board.executors, config.executor, f"executor={config.executor!r}")
+    check_backend(config, board.grammars)
     if config.speculative_model or config.num_speculative_tokens:
         need(board.proposers, proposer_name(config, board), f"speculative_model={config.speculative_model!r}")
         if not config.num_speculative_tokens:
@@ -92,6 +97,9 @@ class EngineCore:
                                    num_spec_tokens=config.num_speculative_tokens or 0)
         self._overlap = self._async_scheduling()
         self._in_flight: _StepInFlight | None = None
+        self.grammar_compiler = GrammarCompiler(self.board.grammars, vocab_size=self.hf_config.vocab_size,
+                                                tokenizer=lambda: shared_tokenizer(config, self.board, self.files),
+                                                backend=structured_outputs_backend(config.structured_outputs_config))
 
     # ---- set-up ------------------------------------------------------------------------------------------
 
@@ -159,24 +167,29 @@ class EngineCore:
     def add_request(self, request: EngineCoreRequest) -> None:
         """Check and queue one sequence."""
         ids = request.prompt_token_ids
-        if request.request_id in self.scheduler.requests:
+        if request.request_id in self.scheduler.requests or self.grammar_compiler.holds(request.request_id):
             raise InvalidParameterError(f"request id {request.request_id!r} is already in use", param="request_id")
         check_prompt(ids, self.model_info)
         params = request.sampling_params
         max_tokens = self.max_sequence_len - len(ids)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
-        self.scheduler.add_request(Request(request.request_id, list(ids), params, eos_token_id=request.eos_token_id,
-                                           max_tokens=max_tokens, arrival_time=request.arrival_time))
+        queued = Request(request.request_id, list(ids), params, eos_token_id=request.eos_token_id,
+                         max_tokens=max_tokens, arrival_time=request.arrival_time)
+        if not self.grammar_compiler.submit(queued):  # a request whose grammar compiles waits for it there
+            self.scheduler.add_request(queued)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         """Stop requests now and free their blocks; unknown or finished ids are ignored."""
+        for request in self.grammar_compiler.abort(request_ids):
+            request.status = RequestStatus.FINISHED_ABORTED
         self.scheduler.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
         self._flush_finished()
 
     def has_unfinished_requests(self) -> bool:
         """Work is left: requests to run, or a step in flight."""
-        return self.scheduler.has_unfinished_requests() or self._in_flight is not None
+        return (self.scheduler.has_unfinished_requests() or self._in_flight is not None
+                or len(self.grammar_compiler) > 0)
 
     def _flush_finished(self) -> None:
         """Once idle, tell the worker at once which finished requests to forget (no step would carry it)."""
@@ -192,14 +205,14 @@ class EngineCore:
         applies the one launched before it while the device computes the new one.
         """
         started = time.perf_counter()
+        failed: list[EngineCoreOutput] = self._admit_compiled()
         scheduled = self.scheduler.schedule()
-        failed: list[EngineCoreOutput] = []
         launched = None
         if not scheduled.is_empty:
             try:
                 launched = _StepInFlight(scheduled, self._launch(scheduled))
             except Exception as exc:
-                failed = self._fail(scheduled, exc)
+                failed += self._fail(scheduled, exc)
         elif scheduled.finished_request_ids:  # nothing to run: the worker still learns whom to forget
             self._launch(scheduled)
         previous, self._in_flight = self._in_flight, None
@@ -213,13 +226,31 @@ class EngineCore:
         if failed:
             outputs = self._merge(outputs, EngineCoreOutputs(tuple(failed)))
         if outputs is None:
+            if scheduled.is_empty and len(self.grammar_compiler):  # only grammars to wait for: do not spin
+                self.grammar_compiler.wait(GRAMMAR_POLL_SECONDS)
             return EngineCoreOutputs((), None, self.gauges())
         return EngineCoreOutputs(outputs.outputs, outputs.stats, self.gauges())
 
     def gauges(self) -> EngineGauges:
         """How full the core is now."""
         scheduler = self.scheduler
-        return EngineGauges(scheduler.num_running, scheduler.num_waiting, self.block_manager.usage)
+        return EngineGauges(scheduler.num_running, scheduler.num_waiting + len(self.grammar_compiler),
+                            self.block_manager.usage)
+
+    def _admit_compiled(self) -> list[EngineCoreOutput]:
+        """Requests whose grammar finished compiling go to the scheduler; those whose compile failed end here."""
+        failed = []
+        for request, error in self.grammar_compiler.ready():
+            if error is None:
+                self.scheduler.add_request(request)
+                continue
+            request.status = RequestStatus.FINISHED_ERROR
+            if not isinstance(error, InvalidParameterError):
+                logger.error("compiling the grammar of request %s failed: %s: %s", request.request_id,
+                             type(error).__name__, error)
+            failed.append(EngineCoreOutput(request.request_id, (), finish_reason="error",
+                                           error=f"the request's grammar could not be compiled: {error}"))
+        return failed
 
     def _launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
         if self.executor.supports_launch:  # checked at start: a LaunchingExecutor

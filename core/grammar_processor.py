@@ -16,22 +16,35 @@ from typing import Any, Callable, Sequence, cast
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.interfaces import BitmaskGrammarMatcher, GrammarMatcher, require
 from pegboard.core.sampling_params import SamplingParams
+from pegboard.core.structured_outputs_config import registered_name
 
 GRAMMAR_FIELD = "grammar"  # SamplingParams.extra[GRAMMAR_FIELD] = {"kind": registered grammar, "spec": ...}
 
 
-def grammar_spec(params: SamplingParams, grammars: Any) -> tuple[str, Any] | None:
-    """The request's (grammar kind, spec), checked against the registered grammars; None without one."""
+def grammar_spec(params: SamplingParams, grammars: Any, backend: str = "pegboard") -> tuple[str, Any] | None:
+    """The request's (registered grammar name, spec), the kind looked up in ``backend``; None without one."""
     spec = params.extra.get(GRAMMAR_FIELD)
     if spec is None:
         return None
     if not isinstance(spec, dict) or set(spec) != {"kind", "spec"}:
         raise InvalidParameterError('grammar must be {"kind": NAME, "spec": ...}', param=GRAMMAR_FIELD)
-    if spec["kind"] not in grammars:
-        available = ", ".join(grammars.names()) or "none"
+    name = registered_name(spec["kind"], backend)
+    if name not in grammars:
+        if backend != "pegboard":
+            kinds = sorted(n.split(":", 1)[1] for n in grammars.names() if n.startswith(backend + ":"))
+            raise InvalidParameterError(f"the {backend} structured-outputs backend has no {spec['kind']!r} grammar "
+                                        f"(it has: {', '.join(kinds) or 'none'})", param=GRAMMAR_FIELD)
+        available = ", ".join(n for n in grammars.names() if ":" not in n) or "none"
         raise InvalidParameterError(f"no grammar plugin is registered for kind {spec['kind']!r} "
                                     f"(available: {available})", param=GRAMMAR_FIELD)
-    return spec["kind"], spec["spec"]
+    return name, spec["spec"]
+
+
+def check_grammar(params: SamplingParams, grammars: Any, backend: str = "pegboard") -> None:
+    """Refuse, by name, a grammar nothing provides or a spec its grammar finds wrong (the front end's check)."""
+    spec = grammar_spec(params, grammars, backend)
+    if spec is not None:
+        grammars.get(spec[0]).validate(spec[1])
 
 
 class GrammarProcessor:
@@ -40,21 +53,26 @@ class GrammarProcessor:
     follows_tokens = True  # the mask of a step depends on every token accepted before it
 
     def __init__(self, grammars: Any, *, vocab_size: int, device: Any, eos_token_id: Callable[[str], int | None],
-                 tokenizer: Any = None) -> None:
+                 tokenizer: Any = None, load_tokenizer: Callable[[], Any] | None = None,
+                 backend: str = "pegboard") -> None:
         self.grammars = grammars
+        self.backend = backend
         self.vocab_size = vocab_size
         self.device = device
         self.eos_token_id = eos_token_id
         self.tokenizer = tokenizer
+        self.load_tokenizer = load_tokenizer  # loads ``tokenizer`` at the first guided request, when not given
         self.matchers: dict[str, GrammarMatcher] = {}
 
     def add_request(self, request_id: str, params: SamplingParams, prompt_token_ids: Sequence[int]) -> bool:
-        spec = grammar_spec(params, self.grammars)
+        spec = grammar_spec(params, self.grammars, self.backend)
         if spec is None:
             return False
-        kind, body = spec
-        matcher = self.grammars.get(kind).compile(body, vocab_size=self.vocab_size, tokenizer=self.tokenizer)
-        require(matcher, GrammarMatcher, kind="grammar matcher", name=kind, owner=self.grammars.owners[kind])
+        name, body = spec
+        if self.tokenizer is None and self.load_tokenizer is not None:
+            self.tokenizer = self.load_tokenizer()
+        matcher = self.grammars.get(name).compile(body, vocab_size=self.vocab_size, tokenizer=self.tokenizer)
+        require(matcher, GrammarMatcher, kind="grammar matcher", name=name, owner=self.grammars.owners[name])
         self.matchers[request_id] = matcher
         return True
 

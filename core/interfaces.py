@@ -146,8 +146,11 @@ class BitmaskGrammarMatcher(GrammarMatcher, Protocol):
 class Grammar(Protocol):
     """Guided decoding of one kind (``json_schema``, ``regex``, ...); registered as an instance."""
 
+    def validate(self, spec: Any) -> None:
+        """Raise InvalidParameterError naming what is wrong with ``spec``; cheap (the front end calls it)."""
+
     def compile(self, spec: Any, *, vocab_size: int, tokenizer: Any = None) -> GrammarMatcher:
-        """A fresh matcher for one request's spec."""
+        """A fresh matcher for one request's spec (the engine calls it first off its loop: cache what is slow)."""
 
 
 # ---- proposers ----------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from pegboard.core.messages import RunnerOutput, SchedulerOutput, TokenLogprobs
 from pegboard.core.launched_step import LaunchedStep
 from pegboard.core.worker_state import BatchState, CachedRequestState
 from pegboard.core.staging import HostStaging
+from pegboard.core.structured_outputs_config import structured_outputs_backend
+from pegboard.core.tokenizer_loading import shared_tokenizer
 from pegboard.core.weight_loading import process_weights_after_loading
 
 logger = logging.getLogger("pegboard.runner")
@@ -134,7 +136,9 @@ class ModelRunner:
                       for name in board.logits_processors.names()]
         if board.grammars.names():  # guided decoding: a matcher per request that asks for a registered grammar
             processors.append(GrammarProcessor(board.grammars, vocab_size=self.vocab_size, device=self.device,
-                                               eos_token_id=lambda rid: self.batch.requests[rid].eos_token_id))
+                                               eos_token_id=lambda rid: self.batch.requests[rid].eos_token_id,
+                                               load_tokenizer=lambda: shared_tokenizer(config, board, files),
+                                               backend=structured_outputs_backend(config.structured_outputs_config)))
         self.logits_processors = LogitsProcessors(processors)
 
     @property

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from pegboard.core.errors import InvalidParameterError
+from pegboard.core.structured_outputs_params import StructuredOutputsParams
 
 _MAX_LOGPROBS = 20
 
@@ -34,6 +35,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     extra: dict = field(default_factory=dict)  # for plugins (e.g. guided decoding specs)
+    structured_outputs: StructuredOutputsParams | None = None  # becomes extra["grammar"]
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -44,6 +46,19 @@ class SamplingParams:
             self.top_k = 0
         self.logit_bias = _token_biases(self.logit_bias or {})
         self._validate()
+        if self.structured_outputs is not None:
+            self._map_structured_outputs()
+
+    def _map_structured_outputs(self) -> None:
+        """structured_outputs -> extra["grammar"] (a different grammar already there is a conflict)."""
+        if not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise InvalidParameterError("structured_outputs must be a StructuredOutputsParams, got "
+                                        f"{type(self.structured_outputs).__name__}", param="structured_outputs")
+        request = self.structured_outputs.grammar_request()
+        if self.extra.get("grammar", request) != request:
+            raise InvalidParameterError('structured_outputs and extra["grammar"] ask for different constraints; '
+                                        "give one", param="structured_outputs")
+        self.extra = {**self.extra, "grammar": request}
 
     def _validate(self) -> None:
         def check(ok: bool, name: str, message: str) -> None:

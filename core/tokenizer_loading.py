@@ -68,3 +68,15 @@ def _auto_tokenizer(location: str, name: str) -> Any:
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.endswith(".gguf") or (
         os.sep in name and not HUB_ID.fullmatch(name))
+
+
+_shared: dict[tuple[str, str | None, str], Any] = {}
+
+
+def shared_tokenizer(config: Any, board: Any, files: ModelFiles) -> Any:
+    """The tokenizer for the engine core's grammars (None when the model has none), loaded once per process and
+    model: the compile threads and the runner's grammar processor get the same object, which grammars key on."""
+    key = (files.path, config.tokenizer, config.load_format)
+    if key not in _shared:
+        _shared[key] = load_tokenizer(config, board, files)
+    return _shared[key]

@@ -199,5 +199,5 @@ def test_an_id_taken_again_while_its_last_step_runs_gets_none_of_that_steps_toke
     tokens = []
     while core.has_unfinished_requests():
         tokens += [t for o in core.step().outputs for t in o.new_token_ids]
-    [recorder] = eng.executor.runner.logits_processors.processors
+    [recorder] = eng.executor.runner.logits_processors.processors[:1]  # (the grammar processor comes last)
     assert tokens == probe[:3] and recorder.accepted["r"] == tokens

@@ -84,7 +84,7 @@ def test_logits_processors_edit_the_logits_before_sampling(tiny_llama_dir, start
             register("ban-tokens", BanTokens)
 
     engine = start_engine(tiny_llama_dir, Plugin())
-    [processor] = engine.executor.runner.logits_processors.processors
+    [processor] = engine.executor.runner.logits_processors.processors[:1]  # the grammar processor comes last
     assert isinstance(processor, BanTokens) and processor.config is engine.config
     assert processor.vocab_size == 256
     [free_choice] = generate(engine, PROMPTS[:1])
@@ -107,7 +107,7 @@ def test_a_processor_follows_each_request_from_added_to_removed(tiny_llama_dir, 
     followed, free = generate(engine, [[5, 5, 5], [6, 6]], params), generate(engine, [[5, 5, 5]])
     assert all(a != b for tokens in followed for a, b in zip(tokens, tokens[1:]))
     assert followed[0][0] != 5 and free[0] != followed[0]
-    [processor] = engine.executor.runner.logits_processors.processors
+    [processor] = engine.executor.runner.logits_processors.processors[:1]  # the grammar processor comes last
     assert sorted(processor.removed) == ["0", "1"] and processor.last == {}
     assert engine.core._overlap == async_scheduling  # async scheduling stays on with a processor loaded
 
@@ -134,6 +134,10 @@ def test_a_processor_without_the_lifecycle_is_refused_by_name(tiny_llama_dir, st
 
 class TokenChoiceGrammar:
     """Guided decoding to one of a few token-id sequences."""
+
+    def validate(self, spec):
+        if not spec:
+            raise InvalidParameterError("token_choice needs at least one choice", param="grammar")
 
     def compile(self, spec, *, vocab_size, tokenizer=None):
         return TokenChoiceMatcher(spec)
@@ -201,8 +205,8 @@ def test_a_grammar_constrains_a_request_through_the_engine(tiny_llama_dir, async
 
 def test_a_grammar_kind_nothing_provides_is_refused_by_name(tiny_llama_dir, start_engine):
     engine = start_engine(tiny_llama_dir)
-    with pytest.raises(InvalidParameterError, match="no grammar plugin is registered for kind 'regex'"):
-        engine.add_request("x", [1, 2], SamplingParams(extra={"grammar": {"kind": "regex", "spec": "a+"}}))
+    with pytest.raises(InvalidParameterError, match="no grammar plugin is registered for kind 'xml_schema'"):
+        engine.add_request("x", [1, 2], SamplingParams(extra={"grammar": {"kind": "xml_schema", "spec": "<a/>"}}))
 
 
 # ---- proposers (see tests/test_speculative_decoding.py for the engine end to end) ----------------------------------------------------
@@ -239,34 +243,23 @@ def test_proposers_draft_tokens_for_speculative_decoding():
 
 
 
-def test_a_guided_request_over_http_is_enforced_by_the_registered_grammar(tiny_llama_dir, start_engine):
-    """The server's guided_choice reaches the engine's grammar: the output is one of the choices, then EOS."""
+def test_a_guided_request_over_http_is_enforced_by_the_registered_grammar(tiny_chat_model, start_engine):
+    """The server's guided_choice reaches the engine's built-in choice grammar: the text is one of the choices."""
     import httpx2
 
     from pegboard.core.async_engine import AsyncLLMEngine
     from pegboard.server.app import build_app
     from pegboard.server.uvicorn_server import serving_in_thread
 
-    class SpelledChoiceGrammar:
-        """guided_choice is a list of strings (vLLM's type); here each string spells token ids ("5 6 7")."""
-
-        def compile(self, spec, *, vocab_size, tokenizer=None):
-            return TokenChoiceMatcher([[int(t) for t in choice.split()] for choice in spec])
-
-    class Plugin:
-        @hookimpl
-        def register_grammars(self, register):
-            register("choice", SpelledChoiceGrammar())
-
-    engine = AsyncLLMEngine(start_engine(tiny_llama_dir, Plugin()))
-    choices = [[5, 6, 7], [5, 9], [11, 3]]
-    body = {"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 10, "temperature": 1.0, "return_token_ids": True,
-            "guided_choice": [" ".join(map(str, c)) for c in choices]}
+    engine = AsyncLLMEngine(start_engine(tiny_chat_model, skip_tokenizer_init=False))
+    end = engine.engine.tokenizer.decode([engine.engine.eos_token_id])  # the tiny vocabulary's EOS is a byte too
+    choices = ["yes", "no", "maybe so"]
+    body = {"model": "tiny", "prompt": "Well?", "max_tokens": 10, "temperature": 1.0, "guided_choice": choices}
     try:
         with serving_in_thread(build_app(engine, ("tiny",))) as url:
             for seed in range(3):
                 answer = httpx2.post(f"{url}/v1/completions", json={**body, "seed": seed}, timeout=60).json()
-                tokens = answer["choices"][0]["token_ids"]
-                assert tokens[:-1] in choices and answer["choices"][0]["finish_reason"] == "stop"
+                text = answer["choices"][0]["text"]
+                assert text.removesuffix(end) in choices and answer["choices"][0]["finish_reason"] == "stop"
     finally:
         engine.shutdown()

@@ -185,8 +185,8 @@ def test_a_grammar_without_compile_is_refused():
         def matcher(self, spec):
             return None
 
-    board = load_board(plugins=[registering("register_grammars", "regex", Regex())])
-    assert "lacks compile of the Grammar interface" in board.failures[0].error and "regex" not in board.grammars
+    board = load_board(plugins=[registering("register_grammars", "xml", Regex())])
+    assert "lacks validate, compile of the Grammar interface" in board.failures[0].error and "xml" not in board.grammars
 
 
 class OneSequence:
@@ -222,7 +222,11 @@ def sequence_grammar(matcher_cls):
     def compile(self, spec, *, vocab_size, tokenizer=None):
         return matcher_cls(spec)
 
-    return registering("register_grammars", "sequence", type("SequenceGrammar", (), {"compile": compile})())
+    def validate(self, spec):
+        pass
+
+    return registering("register_grammars", "sequence",
+                       type("SequenceGrammar", (), {"compile": compile, "validate": validate})())
 
 
 def guided(engine: LLMEngine, tokens: list[int]):

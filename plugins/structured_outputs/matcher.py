@@ -1,0 +1,50 @@
+"""A compiled constraint for one tokenizer, and the per-request matcher that walks it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from pegboard.plugins.structured_outputs.dfa import DEAD, DFA, START
+from pegboard.plugins.structured_outputs.vocabulary import Vocabulary
+
+
+@dataclass(frozen=True)
+class CompiledGrammar:
+    """A DFA with its per-state token bitmasks (torch int32 [S, W]) over one vocabulary."""
+
+    dfa: DFA
+    vocabulary: Vocabulary
+    masks: Any  # torch.Tensor [S, ceil(V / 32)] int32
+    next_state: list[list[int]]  # transitions as Python lists (a token's walk in accept())
+    accepting: list[bool]
+
+
+class DFAMatcher:
+    """Follows one request through a CompiledGrammar: a state number, a row of masks per step."""
+
+    supports_bitmask = True
+
+    def __init__(self, compiled: CompiledGrammar) -> None:
+        self.compiled = compiled
+        self.state = START
+
+    def fill_bitmask(self, words) -> None:
+        words.copy_(self.compiled.masks[self.state])
+
+    def allowed_token_ids(self) -> Sequence[int]:
+        from pegboard.kernels.reference import unpack_token_bitmask
+
+        row = self.compiled.masks[self.state][None]
+        return unpack_token_bitmask(row, self.compiled.vocabulary.size)[0].nonzero()[:, 0].tolist()
+
+    def accept(self, token_id: int) -> None:
+        pieces = self.compiled.vocabulary.token_bytes
+        piece = pieces[token_id] if 0 <= token_id < len(pieces) else b""
+        state, table = (self.state if piece else DEAD), self.compiled.next_state
+        for byte in piece:  # a special token (piece b"") ends in the dead state: the mask allows nothing more
+            state = table[state][byte]
+        self.state = state
+
+    def is_finished(self) -> bool:
+        return self.compiled.accepting[self.state]

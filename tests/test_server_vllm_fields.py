@@ -25,10 +25,10 @@ import pytest
 from pegboard.core.async_engine import AsyncLLMEngine
 from pegboard.core.config import EngineConfig
 from pegboard.core.hookspecs import hookimpl
-from pegboard.core.plugins import load_board
 from pegboard.server.app import build_app
 from pegboard.server.protocol import parse_chat_request, parse_completion_request
 from pegboard.server.uvicorn_server import serving_in_thread
+from tiny_server import board_with_fake_grammars
 
 H, R, M = "honoured", "refused", "metadata"
 FORCED = ord("Q") - ord("!")  # the fake grammar's one allowed token (the byte-level vocabulary starts at "!")
@@ -117,6 +117,9 @@ class FakeGrammars:
     @hookimpl
     def register_grammars(self, register):
         class Forced:
+            def validate(self, spec):
+                pass
+
             def compile(self, spec, *, vocab_size, tokenizer=None):
                 return ForcedMatcher()
 
@@ -143,7 +146,7 @@ def bos_chat_model(tiny_chat_model, tmp_path_factory):
 def server(bos_chat_model):
     config = EngineConfig(model=str(bos_chat_model), load_format="dummy", device="cpu", max_num_seqs=8,
                           num_kv_blocks=256)
-    engine = AsyncLLMEngine.from_config(config, load_board(plugins=[FakeGrammars()]))
+    engine = AsyncLLMEngine.from_config(config, board_with_fake_grammars(FakeGrammars()))
     try:
         app = build_app(engine, ("tiny", "tiny-alias"), chat_template=TEMPLATE, tool_call_parser="hermes")
         with serving_in_thread(app) as url, httpx2.Client(base_url=url, timeout=60) as client:

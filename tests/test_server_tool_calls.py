@@ -246,11 +246,12 @@ def test_streamed_tool_calls_assemble_to_the_whole_answer(client, tool_choice):
     assert [part.type for part in firsts] == ["function"] * len(calls)  # id, type and name come once, first
 
 
-def test_named_streams_the_arguments_as_they_are_generated(client):
-    _, _, _, deltas = streamed(client, tools=TOOLS, tool_choice={"type": "function",
-                                                                 "function": {"name": "get_weather"}})
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}],
+                         ids=["required", "named"])
+def test_the_arguments_stream_as_they_are_generated(client, tool_choice):
+    _, _, _, deltas = streamed(client, tools=TOOLS, tool_choice=tool_choice)
     parts = [part for delta in deltas for part in delta.tool_calls or []]
-    assert len(parts) > 2 and all(part.index == 0 for part in parts)  # one piece per token, not one at the end
+    assert len(parts) > 2 and all(part.index == 0 for part in parts)  # pieces as tokens come, not one at the end
     assert parts[0].function.name == "get_weather" and all(p.id is None for p in parts[1:])
 
 

@@ -283,6 +283,15 @@ def test_the_history_of_calls_and_tool_answers_reaches_the_template(client):
     assert "assistant: <call get_weather Paris>tool: 18 C<answers call_1>" in answer.model_extra["prompt_text"]
 
 
+def test_tokenize_renders_the_tools_too(client):
+    import httpx2
+
+    url = str(client.base_url).removesuffix("/v1/")
+    count = [httpx2.post(f"{url}/tokenize", json={"messages": USER, **extra}, timeout=60).json()["count"]
+             for extra in ({}, {"tools": TOOLS})]
+    assert count[1] == count[0] + len("[tool get_weather][tool get_time]")  # one token per byte
+
+
 # ---- refusals -----------------------------------------------------------------------------------------------
 
 

@@ -71,6 +71,11 @@ def register_grammars(register: Register) -> None:
 
 
 @hookspec
+def register_tool_parsers(register: Register) -> None:
+    """Register tool-call parsers by name: ``register("hermes", parser_cls)``; ``--tool-call-parser`` picks one."""
+
+
+@hookspec
 def register_proposers(register: Register) -> None:
     """Register speculative-decoding proposers by name: ``register("ngram", proposer_cls)``."""
 

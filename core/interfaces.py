@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # keep this module torch-free at import time
     from pegboard.core.model_files import ModelFiles, ModelLoader
     from pegboard.core.plugins import Board
     from pegboard.core.request import Request
+    from pegboard.core.tool_calls import ToolParse
     from pegboard.core.worker_state import CachedRequestState
 
 
@@ -153,6 +154,21 @@ class Grammar(Protocol):
         """A fresh matcher for one request's spec (the engine calls it first off its loop: cache what is slow)."""
 
 
+# ---- tool parsers -------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ToolParser(Protocol):
+    """Finds tool calls in one choice's text as it grows; built per choice as ``factory(tools=[function, ...])``
+    (each an OpenAI function definition: name, description, parameters)."""
+
+    def feed(self, text: str) -> ToolParse:
+        """The next piece of the text -> the content and the calls it completes; text that may begin a call waits."""
+
+    def finish(self) -> ToolParse:
+        """The text ended: what waited, as content or calls."""
+
+
 # ---- proposers ----------------------------------------------------------------------------------------------
 
 
@@ -202,6 +218,7 @@ INTERFACES: dict[str, str] = {
     "samplers": "pegboard.core.interfaces:Sampler",
     "logits_processors": "pegboard.core.logits_processors:LogitsProcessor",
     "grammars": "pegboard.core.interfaces:Grammar",
+    "tool_parsers": "pegboard.core.interfaces:ToolParser",
     "proposers": "pegboard.core.interfaces:Proposer",
     "block_allocators": "pegboard.core.interfaces:BlockAllocator",
     "executors": "pegboard.core.interfaces:Executor",

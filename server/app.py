@@ -31,9 +31,10 @@ OPEN_PATHS = frozenset({"/health"})  # answered without the API key
 def build_app(engine: AsyncLLMEngine, served_model_names: tuple[str, ...] | None = None, *,
               api_key: str | None = None, chat_template: str | None = None,
               limits: RequestLimits | None = None, response_role: str = "assistant",
-              cors: CORSSettings | None = None) -> Starlette:
+              cors: CORSSettings | None = None, tool_call_parser: str | None = None) -> Starlette:
     """The app serving ``engine`` under ``served_model_names`` (default: the model as given, a path's last part),
-    plus plugin routes; CORS headers (outermost, so preflights need no key) when ``cors`` allows origins."""
+    plus plugin routes; CORS headers (outermost, so preflights need no key) when ``cors`` allows origins;
+    ``tool_call_parser`` (a registered tool parser) answers tool_choice auto."""
     names = tuple(served_model_names or (default_served_name(engine.engine.config.model),))
     middleware = []
     if cors is not None:
@@ -42,7 +43,8 @@ def build_app(engine: AsyncLLMEngine, served_model_names: tuple[str, ...] | None
     if api_key:
         middleware.append(Middleware(APIKeyMiddleware, api_key=api_key))
     app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
-    app.state.pegboard = ServerState.of(engine, names, chat_template, limits, response_role)
+    app.state.pegboard = ServerState.of(engine, names, chat_template, limits, response_role,
+                                          tool_call_parser)
     engine.engine.board.pm.hook.register_routes(app=app, engine=engine)
     return app
 

@@ -16,6 +16,7 @@ from pegboard.server.protocol import ChatRequest, parse_chat_request
 from pegboard.server.state import ServerState, state_of
 from pegboard.server.streaming import ChunkWriter, respond
 from pegboard.server.tokenize import PromptInput, chat_prompt, check_context
+from pegboard.server.tool_calls import ChoiceTools, message_of
 
 
 async def create_chat_completion(request: Request) -> Response:
@@ -32,7 +33,7 @@ async def create_chat_completion(request: Request) -> Response:
 
 
 class ChatWriter(ChunkWriter):
-    """Shapes chat choices: a role chunk per choice first, then content deltas."""
+    """Shapes chat choices: a role chunk per choice first, then content and tool-call deltas."""
 
     object_name = "chat.completion.chunk"
 
@@ -43,6 +44,7 @@ class ChatWriter(ChunkWriter):
         self.prompt = prompt
         # --response-role answers a generation prompt; a continued message keeps its own role (as in vLLM)
         self.role = state.response_role if parsed.body.add_generation_prompt else parsed.messages[-1]["role"]
+        self.tools: dict[int, ChoiceTools] = {}  # per choice index
 
     def start(self) -> list[dict[str, Any]]:
         role = {"role": self.role, "content": ""}
@@ -64,8 +66,11 @@ class ChatWriter(ChunkWriter):
                                     self.parsed.params.logprobs, self.state.bytes_of,
                                     self.parsed.body.return_tokens_as_token_ids)
             logprobs = {"content": content, "refusal": None}
-        choice = {"index": index, "delta": {"content": text} if text else {}, "logprobs": logprobs,
-                  "finish_reason": completion.finish_reason, "stop_reason": completion.stop_reason}
+        tools = self.tools.setdefault(index, ChoiceTools(self.parsed.tools, self.state.tool_parser))
+        delta = tools.delta(text, completion.finish_reason is not None)
+        choice = {"index": index, "delta": delta, "logprobs": logprobs,
+                  "finish_reason": tools.finish_reason(completion.finish_reason),
+                  "stop_reason": completion.stop_reason}
         if self.parsed.body.return_token_ids:
             choice["token_ids"] = completion.token_ids[first:last]
         return choice
@@ -73,9 +78,8 @@ class ChatWriter(ChunkWriter):
     def response(self, outputs: list[RequestOutput]) -> dict[str, Any]:
         choices = []
         for choice in self.all_choices(outputs):
-            content = choice.pop("delta").get("content", "")
-            choices.append({"index": choice.pop("index"), "message": {"role": self.role, "content": content},
-                            **choice})
+            message = message_of(self.role, choice.pop("delta"))
+            choices.append({"index": choice.pop("index"), "message": message, **choice})
         body = {"id": self.request_id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": choices, "usage": self.usage(), **self._prompt_fields()}
         if self.parsed.body.prompt_logprobs is not None:

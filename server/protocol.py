@@ -7,7 +7,8 @@ ignored, as in vLLM (tests/test_server_vllm_fields.py walks vLLM's list).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pegboard.core.sampling_params import SamplingParams
@@ -15,13 +16,14 @@ from pegboard.server.errors import APIError
 from pegboard.server.schemas import (INT64_MAX, ChatBody, CompletionBody, Message, SamplingBody, invalid,
                                      validate)
 from pegboard.server.structured_outputs import grammar_request
+from pegboard.server.tool_choice import ToolPlan, tool_grammar, tool_plan
 
 MAX_LOGPROBS = 20  # --max-logprobs (vLLM's default); the engine computes at most this many
 DEFAULT_MAX_PROMPTS = 128  # prompts in one /v1/completions request (--max-prompts-per-request)
 DEFAULT_MAX_SEQUENCES = 256  # n x prompts in one request (--max-sequences-per-request): two default batches
 
 _UNSUPPORTED = "is not supported by this server"
-_ONLY_NONE_OR_AUTO = "is not supported by this server (only \"none\" or \"auto\" without tools)"
+_OLDER_FUNCTIONS = "is OpenAI's older form of tool calling, not supported: send 'tools' and 'tool_choice'"
 # vLLM's fields whose feature this server lacks: (the value, or a tuple of values, asking for nothing; why anything
 # else is refused).
 REFUSED: dict[str, tuple[Any, str]] = {
@@ -42,10 +44,9 @@ REFUSED: dict[str, tuple[Any, str]] = {
     "guided_decoding_backend": (None, "is not supported: the grammar plugins decide the backend"),
 }
 CHAT_REFUSED = {
-    **REFUSED, **dict.fromkeys(("tools", "functions", "audio", "reasoning_effort", "media_io_kwargs",
-                                "mm_processor_kwargs"), (None, _UNSUPPORTED)),
-    "parallel_tool_calls": (None, "applies to tools, which this server does not support"),
-    "tool_choice": (("none", "auto"), _ONLY_NONE_OR_AUTO), "function_call": (("none", "auto"), _ONLY_NONE_OR_AUTO),
+    **REFUSED, **dict.fromkeys(("audio", "reasoning_effort", "media_io_kwargs", "mm_processor_kwargs"),
+                               (None, _UNSUPPORTED)),
+    "functions": (None, _OLDER_FUNCTIONS), "function_call": (("none", "auto"), _OLDER_FUNCTIONS),
     "modalities": (["text"], "only [\"text\"] is supported"),
     "include_reasoning": (True, _UNSUPPORTED), "echo": (False, _UNSUPPORTED),
     "chat_template": (None, "is refused: a request may not bring its own template (vLLM's default too)"),
@@ -61,6 +62,7 @@ class ServedModel:
     max_model_len: int
     grammars: frozenset[str]
     longest_token_chars: int | None = None  # characters of the tokenizer's longest token (None: no tokenizer)
+    tool_parser: str | None = None  # --tool-call-parser (with --enable-auto-tool-choice): tool_choice auto works
 
     def check_name(self, name: str | None) -> str:
         """The model a request names (default: the first served name); 404 when it is not served."""
@@ -112,8 +114,9 @@ class ChatRequest:
 
     model: str
     body: ChatBody
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     params: SamplingParams
+    tools: ToolPlan = ToolPlan()
 
 
 def parse_completion_request(body: dict[str, Any], model: ServedModel, limits: RequestLimits = RequestLimits()
@@ -158,7 +161,11 @@ def parse_chat_request(body: dict[str, Any], model: ServedModel, limits: Request
     limits.check_logprobs("top_logprobs", top_logprobs)
     params = _sampling_params(request, model, limits, max_tokens=max_tokens, logprobs=top_logprobs,
                               prompt_logprobs=request.prompt_logprobs)
-    return ChatRequest(name, request, messages, params)
+    tools = tool_plan(request, model.tool_parser)
+    grammar = tool_grammar(tools, model.grammars, params.extra)
+    if grammar:
+        params = replace(params, extra={**params.extra, **grammar})
+    return ChatRequest(name, request, messages, params, tools)
 
 
 def refuse(body: dict[str, Any], refused: dict[str, tuple[Any, str]]) -> None:
@@ -183,19 +190,43 @@ def _prompts(value: str | list, vocab_size: int) -> list[str | list[int]]:
                             f"[0, {vocab_size}), or a non-empty list of non-empty token-id lists")
 
 
-def chat_messages(messages: list[Message]) -> list[dict[str, str]]:
-    """Messages as the chat template takes them: text content (parts joined by newlines), developer as system."""
+def chat_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Messages as the chat template takes them: text content (parts joined by newlines), developer as system;
+    an assistant's ``tool_calls`` with their arguments as objects (as vLLM and transformers' templates take
+    them), a tool message's ``tool_call_id``."""
     entries = []
     for i, message in enumerate(messages):
         if message.content is None and message.role != "assistant":
             raise invalid(f"messages[{i}].content", "is required")
+        if message.tool_calls is not None and message.role != "assistant":
+            raise invalid(f"messages[{i}].tool_calls", "belong to an assistant message")
+        if (message.tool_call_id is None) == (message.role == "tool"):
+            raise invalid(f"messages[{i}].tool_call_id", "is required" if message.role == "tool"
+                          else "belongs to a tool message")
         content = message.content or ""
-        entry = {"role": "system" if message.role == "developer" else message.role,
-                 "content": content if isinstance(content, str) else "\n".join(part.text for part in content)}
+        entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
+                                 "content": content if isinstance(content, str)
+                                 else "\n".join(part.text for part in content)}
         if message.name is not None:
             entry["name"] = message.name
+        if message.tool_calls is not None:
+            entry["tool_calls"] = [_history_call(call, f"messages[{i}].tool_calls[{j}]")
+                                   for j, call in enumerate(message.tool_calls)]
+        if message.tool_call_id is not None:
+            entry["tool_call_id"] = message.tool_call_id
         entries.append(entry)
     return entries
+
+
+def _history_call(call: Any, where: str) -> dict[str, Any]:
+    """A call of the history for the template: its arguments parsed (a JSON object)."""
+    try:
+        arguments = json.loads(call.function.arguments)
+    except ValueError as exc:
+        raise invalid(f"{where}.function.arguments", f"is not JSON: {exc}") from None
+    if not isinstance(arguments, dict):
+        raise invalid(f"{where}.function.arguments", "must be a JSON object")
+    return {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}}
 
 
 def _sampling_params(request: SamplingBody, model: ServedModel, limits: RequestLimits, *, max_tokens: int | None,

@@ -10,7 +10,7 @@ NOT_IMPLEMENTED = "is not implemented in Pegboard"
 REFUSED: dict[tuple[str, ...], str] = {
     ("--enable-log-requests", "--max-log-len"): "Pegboard never logs request contents (prompts, parameters)",
     ("--enable-lora", "--lora-modules", "--max-loras", "--max-lora-rank"): f"LoRA serving {NOT_IMPLEMENTED}",
-    ("--enable-auto-tool-choice", "--tool-call-parser", "--tool-parser-plugin"): f"tool calling {NOT_IMPLEMENTED}",
+    ("--tool-parser-plugin",): "tool parsers are plugins: load one with --plugin (hook register_tool_parsers)",
     ("--reasoning-parser",): f"reasoning-content parsing {NOT_IMPLEMENTED}",
     ("--data-parallel-size", "-dp"): f"data parallelism {NOT_IMPLEMENTED}: run one server per GPU",
     ("--distributed-executor-backend",): "the executor is a plugin: name it with --executor",

@@ -127,11 +127,50 @@ class TextPart(Strict):
     text: str
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")]  # OpenAI's rule for a function's name
+
+
+class FunctionDefinition(Strict):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema (absent: no parameters)
+    strict: bool | None = None  # a required or named tool choice enforces the schema either way
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(Strict):
+    name: str
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class CalledFunction(Strict):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCall(Strict):
+    """A call an assistant message in the history made."""
+
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class Message(Strict):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None  # null only for an assistant
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message answers this call
 
 
 class ChatBody(SamplingBody):
@@ -148,6 +187,9 @@ class ChatBody(SamplingBody):
     chat_template_kwargs: dict[str, Any] = {}  # each key must be a variable the chat template uses
     documents: list[dict[str, str]] | None = None  # the chat template must use 'documents'
     return_prompt_text: bool = False
+    tools: list[Tool] | None = Field(None, min_length=1)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None  # default: auto with tools
+    parallel_tool_calls: bool | None = None  # only with tools; false: at most one call
 
 
 class TokenizeBody(Strict):
@@ -159,6 +201,7 @@ class TokenizeBody(Strict):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] = {}
+    tools: list[Tool] | None = Field(None, min_length=1)  # given to the chat template with the messages
     add_special_tokens: bool | None = None  # default: true for a prompt, false for messages
     return_token_strs: bool = False
 

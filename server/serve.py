@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ssl-keyfile", help="serve HTTPS with this private key (default: none)")
     group.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (default: none, plain HTTP)")
     add_http_arguments(group)
+    group.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help="answer tool_choice \"auto\" (the default with tools): find the model's tool calls "
+                            "with --tool-call-parser (default: off, such requests get 400)")
+    group.add_argument("--tool-call-parser", metavar="NAME",
+                       help="the registered tool parser that finds tool calls in the output, e.g. hermes "
+                            "(`pegboard plugins` lists them; needs --enable-auto-tool-choice; default: none)")
     group.add_argument("--disable-log-stats", action="store_true",
                        help="do not log throughput and load every 10 s (default: logged while the engine steps)")
     add_refused_vllm_flags(parser)
@@ -72,6 +78,7 @@ def main(args: argparse.Namespace, board: Any) -> int:
     limits = connection_limits_from_args(args)
     request_limits = request_limits_from_args(args)
     chat_template = read_chat_template(args.chat_template)
+    tool_call_parser = tool_parser_from_args(args, board)
     check_ssl_files(args.ssl_keyfile, args.ssl_certfile)
     cors, root_path, api_key = cors_from_args(args), root_path_from_args(args), api_key_from(args)
     warn_unread_vllm_variables()
@@ -83,7 +90,7 @@ def main(args: argparse.Namespace, board: Any) -> int:
                                         max_waiting_requests=args.max_waiting_requests)
     try:
         app = build_app(engine, names, api_key=api_key, chat_template=chat_template, limits=request_limits,
-                        response_role=args.response_role, cors=cors)
+                        response_role=args.response_role, cors=cors, tool_call_parser=tool_call_parser)
         server = GracefulServer(server_config(args, app, limits, root_path), end_requests=engine.shutdown)
         stop_when_dead(engine, server)
         server.run()
@@ -93,6 +100,19 @@ def main(args: argparse.Namespace, board: Any) -> int:
         logger.error("exiting with status 1: the engine stopped after an unrecoverable error")
         return 1
     return 0 if server.started else 1
+
+
+def tool_parser_from_args(args: argparse.Namespace, board: Any) -> str | None:
+    """The tool parser --enable-auto-tool-choice uses; either flag without the other, or a name no plugin
+    registers, is refused (as vLLM refuses the first)."""
+    if args.enable_auto_tool_choice != (args.tool_call_parser is not None):
+        given, missing = (("--enable-auto-tool-choice", "--tool-call-parser NAME") if args.enable_auto_tool_choice
+                          else ("--tool-call-parser", "--enable-auto-tool-choice"))
+        raise InvalidParameterError(f"{given} needs {missing} too")
+    if args.tool_call_parser is not None and args.tool_call_parser not in board.tool_parsers:
+        raise InvalidParameterError(f"--tool-call-parser {args.tool_call_parser!r}: no loaded plugin registers it "
+                                    f"(available: {', '.join(board.tool_parsers.names()) or 'none'})")
+    return args.tool_call_parser
 
 
 def server_config(args: argparse.Namespace, app: Any, limits: Any, root_path: str) -> Any:

@@ -45,8 +45,10 @@ async def chat_prompt(state: ServerState, parsed: ChatRequest) -> PromptInput:
     """The chat template applied to the messages, tokenized without special tokens unless ``add_special_tokens``
     (as ``LLM.chat`` does), then ``truncate_prompt_tokens``."""
     body = parsed.body
+    plan = parsed.tools
     text = await render_chat(state, parsed.messages, body.add_generation_prompt, body.continue_final_message,
-                             body.chat_template_kwargs, body.documents)
+                             body.chat_template_kwargs, body.documents, list(plan.tools) or None,
+                             plan.must_reach_model)
     prompt = PromptInput(await _encode(state, text, body.add_special_tokens, "messages"), text)
     return truncated(prompt, body.truncate_prompt_tokens, body.truncation_side, state)
 
@@ -60,11 +62,13 @@ def truncated(prompt: PromptInput, keep: int | None, side: str, state: ServerSta
     return PromptInput(ids, None)  # the text is the tokens' now (echo decodes them)
 
 
-async def render_chat(state: ServerState, messages: list[dict[str, str]], add_generation_prompt: bool,
+async def render_chat(state: ServerState, messages: list[dict[str, Any]], add_generation_prompt: bool,
                       continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None,
-                      documents: list[dict[str, str]] | None = None) -> str:
-    """The prompt text the chat template makes of ``messages``; a template error, or a template variable asked for
-    that the template never reads (``chat_template_kwargs``, ``documents``), is a 400."""
+                      documents: list[dict[str, str]] | None = None, tools: list[dict[str, Any]] | None = None,
+                      tools_must_reach: bool = True) -> str:
+    """The prompt text the chat template makes of ``messages`` (and ``tools``); a template error, or a template
+    variable asked for that the template never reads (``chat_template_kwargs``, ``documents``, ``tools`` unless
+    a tool choice constrains the output anyway: ``tools_must_reach`` false), is a 400."""
     tokenizer = _need_tokenizer(state, "messages", "use /v1/completions with token ids")
     template = state.chat_template or getattr(tokenizer, "chat_template", None)
     if not template:
@@ -72,14 +76,16 @@ async def render_chat(state: ServerState, messages: list[dict[str, str]], add_ge
                                   "--chat-template)")
     kwargs = dict(template_kwargs or {})
     asked = [(name, "chat_template_kwargs") for name in kwargs]
-    if documents is not None:
-        kwargs["documents"] = documents
-        asked.append(("documents", "documents"))
+    for name, value, needed in (("documents", documents, True), ("tools", tools, tools_must_reach)):
+        if value is not None:
+            kwargs[name] = value
+            asked += [(name, name)] if needed else []
     for name, param in asked:
-        if name in RENDER_ARGUMENTS and param != "documents":
+        if name in RENDER_ARGUMENTS and param == "chat_template_kwargs":
             raise invalid(param, f"cannot set {name!r}: it has its own request field")
         if name not in template_variables(template):
-            raise invalid(param, f"sets {name!r}, which the chat template does not use")
+            raise invalid(param, f"sets {name!r}, which the chat template does not use" if param != name else
+                          f"cannot reach the model: the chat template does not use {name!r}")
     try:
         return await asyncio.to_thread(tokenizer.apply_chat_template, messages, chat_template=template,
                                        tokenize=False, add_generation_prompt=add_generation_prompt,
@@ -136,8 +142,9 @@ async def tokenize(request: Request) -> JSONResponse:
     body = validate(TokenizeBody, await read_json(request))
     state.model.check_name(body.model)
     if body.messages is not None:
+        tools = [tool.model_dump(exclude_none=True) for tool in body.tools] if body.tools else None
         text = await render_chat(state, chat_messages(body.messages), body.add_generation_prompt,
-                                 body.continue_final_message, body.chat_template_kwargs)
+                                 body.continue_final_message, body.chat_template_kwargs, tools=tools)
     elif body.prompt is not None:
         text = body.prompt
     else:

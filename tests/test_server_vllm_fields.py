@@ -25,15 +25,17 @@ import pytest
 from pegboard.core.async_engine import AsyncLLMEngine
 from pegboard.core.config import EngineConfig
 from pegboard.core.hookspecs import hookimpl
-from pegboard.core.plugins import load_board
 from pegboard.server.app import build_app
 from pegboard.server.protocol import parse_chat_request, parse_completion_request
 from pegboard.server.uvicorn_server import serving_in_thread
+from tiny_server import board_with_fake_grammars
 
 H, R, M = "honoured", "refused", "metadata"
 FORCED = ord("Q") - ord("!")  # the fake grammar's one allowed token (the byte-level vocabulary starts at "!")
 KINDS = ("json_schema", "json_object", "regex", "choice", "grammar", "structural_tag")
+TOOLS = [{"type": "function", "function": {"name": "f"}}]
 TEMPLATE = ("{% for d in documents or [] %}[{{ d['text'] }}]{% endfor %}{% if greeting %}{{ greeting }} {% endif %}"
+            "{% for t in tools or [] %}<{{ t['function']['name'] }}>{% endfor %}"
             "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}assistant: {% endif %}")
 
@@ -74,8 +76,9 @@ CHAT_FIELDS = {
     "max_completion_tokens": (H, 2, {}),
     "response_format": (H, {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"},
                                                                    "strict": True}}, {}),
-    "tools": (R, [{"type": "function", "function": {"name": "f"}}], {}), "tool_choice": (R, "required", {}),
-    "reasoning_effort": (R, "low", {}), "include_reasoning": (R, False, {}), "parallel_tool_calls": (R, False, {}),
+    "tools": (H, TOOLS, {}), "tool_choice": (H, "required", {"tools": TOOLS}),
+    "parallel_tool_calls": (H, False, {"tools": TOOLS, "tool_choice": "required"}),
+    "reasoning_effort": (R, "low", {}), "include_reasoning": (R, False, {}),
     "echo": (R, True, {}), "add_generation_prompt": (H, False, {}),
     "continue_final_message": (H, True, {"add_generation_prompt": False}), "add_special_tokens": (H, True, {}),
     "documents": (H, [{"text": "doc"}], {}), "chat_template": (R, "{{ messages }}", {}),
@@ -114,6 +117,9 @@ class FakeGrammars:
     @hookimpl
     def register_grammars(self, register):
         class Forced:
+            def validate(self, spec):
+                pass
+
             def compile(self, spec, *, vocab_size, tokenizer=None):
                 return ForcedMatcher()
 
@@ -140,9 +146,9 @@ def bos_chat_model(tiny_chat_model, tmp_path_factory):
 def server(bos_chat_model):
     config = EngineConfig(model=str(bos_chat_model), load_format="dummy", device="cpu", max_num_seqs=8,
                           num_kv_blocks=256)
-    engine = AsyncLLMEngine.from_config(config, load_board(plugins=[FakeGrammars()]))
+    engine = AsyncLLMEngine.from_config(config, board_with_fake_grammars(FakeGrammars()))
     try:
-        app = build_app(engine, ("tiny", "tiny-alias"), chat_template=TEMPLATE)
+        app = build_app(engine, ("tiny", "tiny-alias"), chat_template=TEMPLATE, tool_call_parser="hermes")
         with serving_in_thread(app) as url, httpx2.Client(base_url=url, timeout=60) as client:
             yield client, app.state.pegboard
     finally:

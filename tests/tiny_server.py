@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 from pegboard.core.async_engine import AsyncLLMEngine
 from pegboard.core.config import EngineConfig
+from pegboard.core.plugins import DEFAULT_PLUGINS, load_board
 from pegboard.server.app import build_app
 from pegboard.server.protocol import RequestLimits
 from pegboard.server.uvicorn_server import serving_in_thread
@@ -36,3 +37,11 @@ def connect(url: str, path: str, body: dict[str, Any]) -> http.client.HTTPRespon
     connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
     connection.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
     return connection.getresponse()
+
+
+def board_with_fake_grammars(*plugins: object):
+    """The built-in plugins except those registering grammars (a real backend), plus ``plugins``: a test's stand-in
+    grammars then own the kinds they register."""
+    builtins = load_board()
+    keep = [name for name in DEFAULT_PLUGINS if "grammars" not in builtins.registered_by(name)]
+    return load_board([*keep, *plugins], builtins=False)

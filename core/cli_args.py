@@ -46,6 +46,10 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
     "pipeline_parallel_size": dict(type=int, help="pipeline stages (needs a multi-process executor)"),
     "enable_prefix_caching": dict(action="store_true", help="reuse the KV cache of shared prompt prefixes"),
     "enforce_eager": dict(action="store_true", help="never capture CUDA graphs"),
+    "cpu_weights": dict(choices=("auto", "fp32", "packed"),
+                        help="on CPU: packed keeps GGUF Q4_0/Q4_1/Q8_0 blocks for decode, fp32 dequantizes all "
+                             "(exact); auto: packed where possible"),
+    "cpu_threads": dict(type=int, help="torch threads of the engine on CPU (default: every core it may use)"),
     "async_scheduling": dict(action=argparse.BooleanOptionalAction,
                              help="schedule the next step while the device runs this one (default: on for CUDA)"),
     "trust_remote_code": dict(action="store_true", help="let transformers run code shipped with the model's or "

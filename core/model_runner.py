@@ -11,6 +11,7 @@ import torch
 
 from pegboard.core.attention import AttentionBackend, AttentionContext, BatchLayout, KVCacheSpec
 from pegboard.core.config import DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
+from pegboard.core.cpu_weights import pack_model_weights, wants_packed_weights
 from pegboard.core.cuda_graphs import DecodeGraphs
 from pegboard.core.layer_factory import LayerFactory, building_with
 from pegboard.core.logprobs import top_logprobs
@@ -79,6 +80,8 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, hf_config, self.device)
         self.hf_config = hf_config
         self.max_model_len = max_model_len
+        if self.device.type == "cpu" and config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)
 
         architecture = (getattr(hf_config, "architectures", None) or ["?"])[0]
         if architecture not in board.model_architectures:
@@ -93,6 +96,10 @@ class ModelRunner:
         with torch.no_grad():
             loader.load_weights(self.model, files, hf_config)
             process_weights_after_loading(self.model)
+            if wants_packed_weights(config.cpu_weights, self.device, self.dtype, loader, config.tensor_parallel_size):
+                from pegboard.kernels.cpu_gguf_matmul import PACKED_TYPES
+
+                pack_model_weights(self.model, loader.iter_quantized_blocks(files, hf_config, PACKED_TYPES))
         self.model.eval()
         logger.info("loaded %s (%s, %s) in %.1f s", architecture, self.dtype, self.device,
                     time.perf_counter() - started)

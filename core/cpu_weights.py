@@ -20,10 +20,9 @@ from pegboard.core.weight_loading import route
 
 logger = logging.getLogger("pegboard.cpu_weights")
 
-CPU_WEIGHTS = ("auto", "fp32", "packed")
 # Rows (tokens) up to which the packed kernel beats float32 F.linear on SmolLM2's shapes (2-core AMD EPYC,
 # tests/cpu/bench_cpu_kernels.py; docs/benchmarks.md): decode batches; prefill chunks go to float32.
-PACKED_MAX_ROWS = 16
+PACKED_MAX_ROWS = 64
 
 
 def wants_packed_weights(setting: str, device: torch.device, dtype: torch.dtype, loader: Any, tp_size: int) -> bool:
@@ -37,7 +36,7 @@ def wants_packed_weights(setting: str, device: torch.device, dtype: torch.dtype,
     reasons = [why for why, blocked in possible.items() if blocked]
     if not reasons:
         try:
-            from pegboard.kernels.cpu_gguf_matmul import compiled_ops
+            from pegboard.kernels.cpu_build import compiled_ops
 
             compiled_ops()  # built once (about a minute), then loaded from torch's extension cache
         except Exception as exc:  # no C++ compiler, or one that cannot build it
@@ -134,5 +133,10 @@ def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.
         else:
             continue
         total += weight.nbytes()
+    rotary = getattr(model, "rotary", None)
+    if rotary is not None and hasattr(rotary, "fused_qk"):
+        from pegboard.kernels.cpu_build import compiled_ops
+
+        rotary.fused_qk = compiled_ops().rotary_qk_
     logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows)", total / 1e6, max_rows)
     return total

@@ -80,7 +80,10 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, hf_config, self.device)
         self.hf_config = hf_config
         self.max_model_len = max_model_len
-        if self.device.type == "cpu" and config.cpu_threads is not None:
+        if config.cpu_threads is not None:
+            if self.device.type != "cpu":
+                raise InvalidParameterError(f"cpu_threads sets the threads of a CPU engine; this one runs on "
+                                            f"{self.device}", param="cpu_threads")
             torch.set_num_threads(config.cpu_threads)
 
         architecture = (getattr(hf_config, "architectures", None) or ["?"])[0]

@@ -8,7 +8,7 @@
 // q * scale + min (q * scale is exact in float32); only the order of the dot products' sums differs.
 // Threads split the output features N (torch's intra-op pool); each tile is 4 weight rows by 2 rows of x.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 
@@ -62,13 +62,15 @@ struct Q8Block {
   }
 };
 
-// NR weight rows x R rows of x per pass, two accumulators each (low and high half of a block), so the
-// multiply-adds form 2 * NR * R independent chains instead of one chain per output
+// NR weight rows x R rows of x per pass. With fewer than 8 outputs in the tile each keeps two accumulators
+// (the low and the high half of a block), so at least 8 chains of multiply-adds run side by side.
 template <int NR, int R, typename Block>
 void tile(const float* x, int64_t ldx, const Block& block, float* y, int64_t ldy) {
-  __m512 acc[NR][R][2];
+  constexpr int A = NR * R >= 8 ? 1 : 2;
+  __m512 acc[NR][R][A];
   for (int i = 0; i < NR; ++i)
-    for (int r = 0; r < R; ++r) acc[i][r][0] = acc[i][r][1] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r)
+      for (int a = 0; a < A; ++a) acc[i][r][a] = _mm512_setzero_ps();
   for (int64_t b = 0; b < block.nb; ++b) {
     __m512 lo[NR], hi[NR];
     for (int i = 0; i < NR; ++i) block(i, b, lo[i], hi[i]);
@@ -76,12 +78,16 @@ void tile(const float* x, int64_t ldx, const Block& block, float* y, int64_t ldy
       __m512 xl = _mm512_loadu_ps(x + r * ldx + b * kBlock), xh = _mm512_loadu_ps(x + r * ldx + b * kBlock + 16);
       for (int i = 0; i < NR; ++i) {
         acc[i][r][0] = _mm512_fmadd_ps(lo[i], xl, acc[i][r][0]);
-        acc[i][r][1] = _mm512_fmadd_ps(hi[i], xh, acc[i][r][1]);
+        acc[i][r][A - 1] = _mm512_fmadd_ps(hi[i], xh, acc[i][r][A - 1]);
       }
     }
   }
   for (int i = 0; i < NR; ++i)
-    for (int r = 0; r < R; ++r) y[r * ldy + i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][r][0], acc[i][r][1]));
+    for (int r = 0; r < R; ++r) {
+      __m512 sum = acc[i][r][0];
+      if constexpr (A == 2) sum = _mm512_add_ps(sum, acc[i][r][1]);
+      y[r * ldy + i] = _mm512_reduce_add_ps(sum);
+    }
 }
 
 #else  // portable C++: the compiler vectorizes what it can
@@ -121,23 +127,28 @@ void tile(const float* x, int64_t ldx, const Block& block, float* y, int64_t ldy
 
 #endif
 
+#ifndef PEGBOARD_X_ROWS
+#define PEGBOARD_X_ROWS 4
+#endif
 constexpr int64_t kRows = 4;  // weight rows per tile (a thread's range is a multiple of it but for the last)
+constexpr int kXRows = PEGBOARD_X_ROWS;  // rows of x per tile
 
-// Calls tile<NR, R>(n, r) over rows [begin, end) of the weights and all M rows of x: 4 weight rows by 2
-// rows of x (4 by 1 for M = 1), single weight rows at the end of the range.
+template <int NR, int R, typename Tile>
+void x_rows(int64_t M, int64_t n, const Tile& tile) {
+  int64_t r = 0;
+  for (; r + R <= M; r += R) tile(std::integral_constant<int, NR>{}, std::integral_constant<int, R>{}, n, r);
+  if constexpr (R > 1) {
+    if (r < M) x_rows<NR, R - 1>(M - r, n, [&](auto nr, auto rr, int64_t n_, int64_t r_) { tile(nr, rr, n_, r + r_); });
+  }
+}
+
+// Calls tile(NR, R, n, r) over rows [begin, end) of the weights and all M rows of x: tiles of 4 weight rows by
+// kXRows rows of x (fewer at the edge of x), single weight rows at the end of the range.
 template <typename Tile>
 void for_tiles(int64_t M, int64_t begin, int64_t end, Tile&& tile) {
   int64_t n = begin;
-  for (; n + kRows <= end; n += kRows) {
-    int64_t r = 0;
-    for (; r + 2 <= M; r += 2) tile(std::integral_constant<int, 4>{}, std::integral_constant<int, 2>{}, n, r);
-    if (r < M) tile(std::integral_constant<int, 4>{}, std::integral_constant<int, 1>{}, n, r);
-  }
-  for (; n < end; ++n) {
-    int64_t r = 0;
-    for (; r + 2 <= M; r += 2) tile(std::integral_constant<int, 1>{}, std::integral_constant<int, 2>{}, n, r);
-    if (r < M) tile(std::integral_constant<int, 1>{}, std::integral_constant<int, 1>{}, n, r);
-  }
+  for (; n + kRows <= end; n += kRows) x_rows<kRows, kXRows>(M, n, tile);
+  for (; n < end; ++n) x_rows<1, kXRows>(M, n, tile);
 }
 
 }  // namespace
@@ -184,9 +195,4 @@ at::Tensor q8_matmul(const at::Tensor& x, const at::Tensor& quants, const at::Te
     });
   });
   return y;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("q4_matmul", &q4_matmul, "x [M, K] @ 4-bit GGUF weights [N, K]^T -> [M, N] float32");
-  module.def("q8_matmul", &q8_matmul, "x [M, K] @ 8-bit GGUF weights [N, K]^T -> [M, N] float32");
 }

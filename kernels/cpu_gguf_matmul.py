@@ -2,27 +2,21 @@
 
 ``pack_gguf_rows`` turns a tensor's raw GGUF blocks into ``PackedGGUFWeight`` (values, scales, mins laid out
 per output row); ``packed_matmul(x, packed)`` is ``x @ dequantized.T`` in float32. The C++ source
-(cpu_gguf_matmul.cpp, AVX-512 where the compiler targets it) is compiled once with torch's extension
-builder and cached on disk (``TORCH_EXTENSIONS_DIR``, default ~/.cache/torch_extensions): the first build
-takes about a minute, later loads well under a second.
+(cpu_gguf_matmul.cpp, AVX-512 where the compiler targets it) is built on first use and cached on disk
+(kernels/cpu_build.py).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-logger = logging.getLogger("pegboard.kernels.cpu_gguf_matmul")
+from pegboard.kernels.cpu_build import compiled_ops
 
 Q4_0, Q4_1, Q8_0 = 2, 3, 8  # ggml type ids
 PACKED_TYPES = (Q4_0, Q4_1, Q8_0)
 _BLOCK = 32
-_SOURCE = Path(__file__).with_suffix(".cpp")
 
 
 @dataclass(frozen=True)
@@ -97,15 +91,3 @@ def packed_matmul(x: torch.Tensor, w: PackedGGUFWeight) -> torch.Tensor:
     if w.bits == 4:
         return ops.q4_matmul(x, w.values, w.scales, w.mins)
     return ops.q8_matmul(x, w.values, w.scales)
-
-
-@functools.cache
-def compiled_ops():
-    """The C++ extension, built on first use and cached on disk by torch's extension builder."""
-    from torch.utils.cpp_extension import load
-
-    started = time.perf_counter()
-    module = load(name="pegboard_cpu_gguf_matmul", sources=[str(_SOURCE)],
-                  extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
-    logger.info("CPU GGUF matmul kernels ready in %.1f s", time.perf_counter() - started)
-    return module

@@ -13,6 +13,7 @@ from typing import Any, Hashable, Iterable
 import torch
 from torch import nn
 
+from pegboard.core.cpu_threads import one_cpu_thread
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.linear import LinearBase
 from pegboard.core.quantization import QuantizationScheme
@@ -95,7 +96,13 @@ class PackedLMHead(nn.Module):
 def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]],
                        max_rows: int = PACKED_MAX_ROWS) -> int:
     """Give every linear layer (and the LM head) whose checkpoint tensors all come in ``blocks`` (HF name, ggml
-    type, raw bytes, shape) its packed weights; returns the bytes packed. Other layers stay float32."""
+    type, raw bytes, shape) its packed weights, on one thread (memory-bound copies); returns the bytes packed.
+    Other layers stay float32."""
+    with one_cpu_thread():
+        return _pack(model, blocks, max_rows)
+
+
+def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]], max_rows: int) -> int:
     from pegboard.kernels.cpu_gguf_matmul import concat_packed, pack_gguf_rows
 
     mapping = getattr(model, "packed_modules_mapping", {})

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Container, Iterator
 
 from pegboard.core.errors import UnsupportedModelError
 from pegboard.core.hookspecs import hookimpl
+from pegboard.core.cpu_threads import one_cpu_thread
 from pegboard.core.load_settings import load_settings
 from pegboard.core.model_files import ModelFiles
 
@@ -58,7 +58,7 @@ class GGUFLoader:
         import torch
 
         device = torch.device(device or "cpu")
-        with _one_cpu_thread(device):
+        with one_cpu_thread(device):
             for name, info, raw in self._raw_tensors(files, config, device):
                 yield name, _dequantize(raw, info)
 
@@ -126,23 +126,6 @@ def _unpermute_rows(raw: "torch.Tensor", rows: int, n_head: int) -> "torch.Tenso
     row_bytes = raw.numel() // rows
     grouped = raw.view(n_head, rows // n_head // 2, 2, row_bytes)
     return grouped.transpose(1, 2).reshape(-1)
-
-
-@contextmanager
-def _one_cpu_thread(device: "torch.device") -> Iterator[None]:
-    """Dequantize on CPU with one intra-op thread: the work is memory-bound, and OpenMP teams stall when
-    cores are shared (measured on a busy 2-core VM: 0.5 s with one thread, 2.5-10 s with two)."""
-    import torch
-
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _open(files: ModelFiles) -> "GGUFFile":

@@ -138,7 +138,8 @@ def main() -> None:
         rate, load_d = max(decode[setting])
         pre, load_p = max(prefill[setting])
         weights = weight_bytes_per_token(engines[setting])
-        print(f"| {setting} | {first:.2f} / {seconds:.2f} (load {load_s}) | {rate:.1f} (load {load_d}) | {pre:.0f} (load {load_p}) "
+        print(f"| {setting} | {first:.2f} / {seconds:.2f} (load {load_s}) | {rate:.1f} (load {load_d}) "
+              f"| {pre:.0f} (load {load_p}) "
               f"| {weights / 1e6:.0f} MB | {bandwidth * 1e9 / weights:.0f} |")
     print("\nall decode runs:", {s: [f"{r:.1f}@{l}" for r, l in v] for s, v in decode.items()})
     print("all prefill runs:", {s: [f"{r:.0f}@{l}" for r, l in v] for s, v in prefill.items()})

@@ -124,6 +124,8 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
     for module_name, parts in shards.items():
         module = model.get_submodule(module_name)
         if isinstance(module, LinearBase):
+            if module.scheme.name != "none":  # another scheme's weights are its own business
+                continue
             order = module.shard_ids or (None,)
             if set(parts) != set(order) or module.input_slice not in (None, (0, module.input_size)):
                 continue

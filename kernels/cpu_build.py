@@ -21,10 +21,14 @@ SOURCES = ("cpu_gguf_matmul.cpp", "cpu_rotary.cpp", "cpu_bindings.cpp")
 @functools.cache
 def compiled_ops():
     """The extension module (q4_matmul, q8_matmul, rotary_qk_), built or loaded from the cache."""
+    import torch
     from torch.utils.cpp_extension import load
 
     started = time.perf_counter()
-    module = load(name="pegboard_cpu_kernels", sources=[str(_DIR / s) for s in SOURCES],
+    # the name carries the instruction set, so a cache shared by other machines never hands this one a build it
+    # cannot run
+    name = f"pegboard_cpu_kernels_{torch.backends.cpu.get_cpu_capability().lower()}"
+    module = load(name=name, sources=[str(_DIR / s) for s in SOURCES],
                   extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"],
                   extra_ldflags=["-fopenmp"], verbose=False)
     logger.info("CPU kernels ready in %.1f s", time.perf_counter() - started)

@@ -1,8 +1,8 @@
 """GGUF blocks kept for CPU decode: each linear layer (and the LM head) whose checkpoint tensors are Q4_0, Q4_1 or
 Q8_0 also holds them packed, and batches of up to ``PACKED_MAX_ROWS`` rows multiply by those (a quarter to an
 eighth of float32's memory traffic, dequantized in registers: kernels/cpu_gguf_matmul.py); larger batches
-(prefill) keep the float32 matmul, whose GEMM is faster once it is compute-bound. ``cpu_weights="fp32"`` keeps
-float32 everywhere (the exact path); the packed one computes the same products in another summation order.
+(prefill chunks) keep the float32 GEMM. ``cpu_weights="fp32"`` keeps float32 everywhere (the exact path); the
+packed one computes the same products in another summation order.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pegboard.core.weight_loading import route
 
 logger = logging.getLogger("pegboard.cpu_weights")
 
-# Rows (tokens) up to which the packed kernel beats float32 F.linear on SmolLM2's shapes (2-core AMD EPYC,
-# tests/cpu/bench_cpu_kernels.py; docs/benchmarks.md): decode batches; prefill chunks go to float32.
+# Decode batches (up to 64 rows) use the packed kernel: 2-9x float32 F.linear's speed there on SmolLM2's shapes
+# (2-core AMD EPYC, tests/cpu/bench_cpu_kernels.py). Prefill chunks (256 rows on CPU) stay float32: a 512-token
+# prefill measured the same either way in the engine (docs/benchmarks.md), and prompts keep the exact products.
 PACKED_MAX_ROWS = 64
 
 

@@ -139,21 +139,19 @@ class Attention(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, attn: AttentionContext) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # [T, (H + 2 Hkv) Dh]
-        if self.rotary.fused_qk is not None and not self.qk_norm:  # one in-place op, bit-equal to the torch path
+        fused = self.rotary.fused_qk is not None and not self.qk_norm
+        if fused:  # one in-place op over the q and k heads, bit-equal to the torch rotary
             self.rotary.fused_qk(qkv, positions, self.rotary.cos, self.rotary.sin, self.num_heads + self.num_kv_heads,
                                  self.head_dim)
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            o = attn(self.layer, q.view(-1, self.num_heads, self.head_dim),
-                     k.view(-1, self.num_kv_heads, self.head_dim), v.view(-1, self.num_kv_heads, self.head_dim))
-            return self.o_proj(o.reshape(-1, self.q_size))
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, Dh]
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, Dh]
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, _ = self.q_norm(q)
-            k, _ = self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        if not fused:
+            if self.qk_norm:
+                q, _ = self.q_norm(q)
+                k, _ = self.k_norm(k)
+            q, k = self.rotary(positions, q, k)
         o = attn(self.layer, q, k, v)  # [T, H, Dh]
         return self.o_proj(o.reshape(-1, self.q_size))
 

@@ -11,6 +11,7 @@ import torch
 
 from pegboard.core.attention import AttentionBackend, AttentionContext, BatchLayout, KVCacheSpec
 from pegboard.core.config import DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
+from pegboard.core.cpu_weights import pack_model_weights, wants_packed_weights
 from pegboard.core.cuda_graphs import DecodeGraphs
 from pegboard.core.piecewise_graphs import PiecewiseGraphs
 from pegboard.core.layer_factory import LayerFactory, building_with
@@ -82,6 +83,11 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.dtype, hf_config, self.device)
         self.hf_config = hf_config
         self.max_model_len = max_model_len
+        if config.cpu_threads is not None:
+            if self.device.type != "cpu":
+                raise InvalidParameterError(f"cpu_threads sets the threads of a CPU engine; this one runs on "
+                                            f"{self.device}", param="cpu_threads")
+            torch.set_num_threads(config.cpu_threads)
 
         architecture = (getattr(hf_config, "architectures", None) or ["?"])[0]
         if architecture not in board.model_architectures:
@@ -96,6 +102,10 @@ class ModelRunner:
         with torch.no_grad():
             loader.load_weights(self.model, files, hf_config)
             process_weights_after_loading(self.model)
+            if wants_packed_weights(config.cpu_weights, self.device, self.dtype, loader, config.tensor_parallel_size):
+                from pegboard.kernels.cpu_gguf_matmul import PACKED_TYPES
+
+                pack_model_weights(self.model, loader.iter_quantized_blocks(files, hf_config, PACKED_TYPES))
         self.model.eval()
         logger.info("loaded %s (%s, %s) in %.1f s", architecture, self.dtype, self.device,
                     time.perf_counter() - started)

@@ -1,1 +1,1 @@
-"""pegboard.kernels: Triton kernels, each beside a plain-torch reference."""
+"""pegboard.kernels: Triton kernels for the GPU and C++ kernels for the CPU, each beside a plain-torch reference."""

@@ -46,6 +46,8 @@ class RMSNorm(nn.Module):
         if residual is not None:
             x = x + residual
         residual = x
+        if x.dtype == torch.float32:  # one fused op, bit-equal to the steps below in float32
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps), residual
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype), residual
@@ -85,14 +87,27 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)  # [P, Dh]
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
+        self._step_tables: tuple | None = None  # (positions, dtype, cos, sin) of the last lookup
+        self.fused_qk = None  # CPU: kernels/cpu_rotary.cpp's in-place rotation of qkv rows, when the engine set it
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """q: [T, H, Dh], k: [T, Hkv, Dh] -> both rotated."""
         if q.is_cuda:
             return _fused_kernels().rotary_embedding(positions, q, k, self.cos, self.sin, inplace=True)
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, Dh]
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        cos, sin = self._tables(positions, q.dtype)
+        qk = torch.cat((q, k), dim=1)  # [T, H + Hkv, Dh]: one pass for both
+        qk = qk * cos + _rotate_half(qk) * sin
+        return qk[:, :q.shape[1]], qk[:, q.shape[1]:]
+
+    def _tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, Dh] of these positions; looked up once per step (every layer gets the same tensor)."""
+        cached = self._step_tables
+        if cached is not None and cached[0] is positions and cached[1] == dtype:
+            return cached[2], cached[3]
+        cos = self.cos[positions].unsqueeze(1).to(dtype)
+        sin = self.sin[positions].unsqueeze(1).to(dtype)
+        self._step_tables = (positions, dtype, cos, sin)
+        return cos, sin
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -123,14 +138,20 @@ class Attention(nn.Module):
         self.rotary = rotary
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, attn: AttentionContext) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(x)  # [T, (H + 2 Hkv) Dh]
+        fused = self.rotary.fused_qk is not None and not self.qk_norm
+        if fused:  # one in-place op over the q and k heads, bit-equal to the torch rotary
+            self.rotary.fused_qk(qkv, positions, self.rotary.cos, self.rotary.sin, self.num_heads + self.num_kv_heads,
+                                 self.head_dim)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, Dh]
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, Dh]
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, _ = self.q_norm(q)
-            k, _ = self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        if not fused:
+            if self.qk_norm:
+                q, _ = self.q_norm(q)
+                k, _ = self.k_norm(k)
+            q, k = self.rotary(positions, q, k)
         o = attn(self.layer, q, k, v)  # [T, H, Dh]
         return self.o_proj(o.reshape(-1, self.q_size))
 

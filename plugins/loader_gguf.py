@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Container, Iterator
 
 from pegboard.core.errors import UnsupportedModelError
 from pegboard.core.hookspecs import hookimpl
+from pegboard.core.cpu_threads import one_cpu_thread
 from pegboard.core.load_settings import load_settings
 from pegboard.core.model_files import ModelFiles
 
@@ -58,18 +58,32 @@ class GGUFLoader:
         on ``device`` (default CPU), so a GPU load moves only the quantized bytes."""
         import torch
 
-        gguf = _open(files)
-        plan = self._plan(gguf)
         device = torch.device(device or "cpu")
+        with one_cpu_thread(device):
+            for name, info, raw in self._raw_tensors(files, config, device):
+                yield name, _dequantize(raw, info)
+
+    def iter_quantized_blocks(self, files: ModelFiles, config: Any,
+                              ggml_types: Container[int]) -> Iterator[tuple[str, int, "torch.Tensor", tuple[int, ...]]]:
+        """(HF name, ggml type, flat uint8 GGUF bytes on the CPU, shape) of every weight stored in one of
+        ``ggml_types``, rows in HF's order (as ``iter_weights``), for kernels that keep the blocks."""
+        for name, info, raw in self._raw_tensors(files, config, None, keep=ggml_types):
+            yield name, info.ggml_type, raw, info.shape
+
+    def _raw_tensors(self, files: ModelFiles, config: Any, device: Any, keep: Container[int] | None = None
+                     ) -> Iterator[tuple[str, "TensorInfo", "torch.Tensor"]]:
+        """(HF name, tensor, raw bytes on ``device``) in file order, q/k rows unpermuted; only ``keep`` types."""
+        gguf = _open(files)
         heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
         permute = gguf.architecture == "llama"  # llama.cpp's converter permutes q/k of llama-arch models only
-        with _one_cpu_thread(device):
-            for name, info in plan:
-                raw = gguf.raw(info).to(device)
-                part = info.name.split(".")[2] if info.name.startswith("blk.") else ""
-                if permute and part in heads:
-                    raw = _unpermute_rows(raw, info.shape[0], heads[part])
-                yield name, _dequantize(raw, info)
+        for name, info in self._plan(gguf):
+            if keep is not None and info.ggml_type not in keep:
+                continue
+            raw = gguf.raw(info) if device is None else gguf.raw(info).to(device)
+            part = info.name.split(".")[2] if info.name.startswith("blk.") else ""
+            if permute and part in heads:
+                raw = _unpermute_rows(raw, info.shape[0], heads[part])
+            yield name, info, raw
 
     def load_weights(self, model: "torch.nn.Module", files: ModelFiles, config: Any) -> None:
         from tqdm.auto import tqdm
@@ -113,23 +127,6 @@ def _unpermute_rows(raw: "torch.Tensor", rows: int, n_head: int) -> "torch.Tenso
     row_bytes = raw.numel() // rows
     grouped = raw.view(n_head, rows // n_head // 2, 2, row_bytes)
     return grouped.transpose(1, 2).reshape(-1)
-
-
-@contextmanager
-def _one_cpu_thread(device: "torch.device") -> Iterator[None]:
-    """Dequantize on CPU with one intra-op thread: the work is memory-bound, and OpenMP teams stall when
-    cores are shared (measured on a busy 2-core VM: 0.5 s with one thread, 2.5-10 s with two)."""
-    import torch
-
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _open(files: ModelFiles) -> "GGUFFile":

@@ -16,7 +16,8 @@ class PrefillSpan:
 
     start: int
     end: int
-    slots: torch.Tensor | None  # [ctx] cache slots; None when the context is just the new tokens
+    slots: torch.Tensor | slice | None  # [ctx] cache slots (a slice: consecutive blocks, read in place); None
+    # when the context is just the new tokens
     mask: torch.Tensor | None  # [q, ctx] bool, True = attend; None for plain causal
 
 
@@ -25,7 +26,8 @@ class DecodeGroup:
     """Single-token requests of similar context length, attended together in one padded SDPA call."""
 
     rows: torch.Tensor | slice  # their rows in the batch
-    slots: torch.Tensor  # [B, L] cache slots of their contexts (padded)
+    slots: torch.Tensor | slice  # [B, L] cache slots of their contexts (padded); a slice: one request whose
+    # context fills consecutive blocks, read in place without a gather
     mask: torch.Tensor | None  # [B, 1, 1, L] bool, True = attend; None when no padding
 
 
@@ -72,7 +74,7 @@ class TorchAttentionBackend:
             elif ctx == q_len:
                 prefills.append(PrefillSpan(start, start + q_len, None, None))
             else:
-                slots = self._slots([table], ctx)[0]
+                slots = self._consecutive(table, ctx) or self._slots([table], ctx)[0]
                 q_pos = torch.arange(ctx - q_len, ctx, device=self.device)
                 mask = torch.arange(ctx, device=self.device)[None, :] <= q_pos[:, None]
                 prefills.append(PrefillSpan(start, start + q_len, slots, mask))
@@ -85,6 +87,10 @@ class TorchAttentionBackend:
 
     def _decode_group(self, rows: list[int], lens: list[int], tables: list[list[int]]) -> DecodeGroup:
         max_ctx = max(lens)
+        if len(rows) == 1:
+            run = self._consecutive(tables[0], max_ctx)
+            if run is not None:
+                return DecodeGroup(slice(rows[0], rows[0] + 1), run, None)
         slots = self._slots(tables, max_ctx)
         mask = None
         if min(lens) != max_ctx:
@@ -93,6 +99,14 @@ class TorchAttentionBackend:
         if rows == list(range(rows[0], rows[0] + len(rows))):
             return DecodeGroup(slice(rows[0], rows[0] + len(rows)), slots, mask)
         return DecodeGroup(torch.tensor(rows, device=self.device), slots, mask)
+
+    def _consecutive(self, table: list[int], length: int) -> slice | None:
+        """The cache slots of positions 0..length-1 as one slice when their blocks are consecutive, else None."""
+        bs = self.spec.block_size
+        used = table[:-(-length // bs)]
+        if used != list(range(used[0], used[0] + len(used))):
+            return None
+        return slice(used[0] * bs, used[0] * bs + length)
 
     def _slots(self, tables: list[list[int]], length: int) -> torch.Tensor:
         """Cache slots of positions 0..length-1 for each block table: [B, length] (padding points at slot 0)."""
@@ -109,14 +123,22 @@ class TorchAttentionBackend:
         k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]  # [S, Hkv, D]
         k_cache.index_copy_(0, metadata.slot_mapping, k)
         v_cache.index_copy_(0, metadata.slot_mapping, v)
-        out = torch.empty_like(q)
+        only = metadata.decodes[0] if len(metadata.decodes) == 1 and not metadata.prefills else None
+        whole = only is not None and isinstance(only.rows, slice) and only.rows == slice(0, q.shape[0])
+        out = None if whole else torch.empty_like(q)
         for group in metadata.decodes:
             # q_d: [B, H, 1, D]; k_d/v_d: [B, Hkv, L, D]
             q_d = q[group.rows].unsqueeze(2)
-            k_d = _gather(k_cache, group.slots).transpose(1, 2)
-            v_d = _gather(v_cache, group.slots).transpose(1, 2)
+            if isinstance(group.slots, slice):  # one request, its context in place: [1, Hkv, L, D]
+                k_d = k_cache[group.slots].transpose(0, 1)[None]
+                v_d = v_cache[group.slots].transpose(0, 1)[None]
+            else:
+                k_d = _gather(k_cache, group.slots).transpose(1, 2)
+                v_d = _gather(v_cache, group.slots).transpose(1, 2)
             o = F.scaled_dot_product_attention(q_d, k_d, v_d, attn_mask=group.mask, scale=self.scale,
                                                enable_gqa=True)
+            if out is None:  # the whole batch is this group: its output is the layer's
+                return o.squeeze(2)
             out[group.rows] = o.squeeze(2)
         for span in metadata.prefills:
             # 4-D inputs: torch's CPU flash kernel takes only those; with 3-D ones SDPA falls back to the math
@@ -126,12 +148,17 @@ class TorchAttentionBackend:
                 k_p = k[span.start:span.end].transpose(0, 1)[None]  # [1, Hkv, q, D]
                 v_p = v[span.start:span.end].transpose(0, 1)[None]
             else:
-                k_p = _gather(k_cache, span.slots).transpose(0, 1)[None]  # [1, Hkv, ctx, D]
-                v_p = _gather(v_cache, span.slots).transpose(0, 1)[None]
+                k_p = _read(k_cache, span.slots).transpose(0, 1)[None]  # [1, Hkv, ctx, D]
+                v_p = _read(v_cache, span.slots).transpose(0, 1)[None]
             o = F.scaled_dot_product_attention(q_p, k_p, v_p, attn_mask=span.mask, is_causal=span.mask is None,
                                                scale=self.scale, enable_gqa=True)
             out[span.start:span.end] = o[0].transpose(0, 1)
         return out
+
+
+def _read(cache: torch.Tensor, slots: torch.Tensor | slice) -> torch.Tensor:
+    """The cache rows of ``slots``: a view for a slice, else a gather."""
+    return cache[slots] if isinstance(slots, slice) else _gather(cache, slots)
 
 
 def _gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,8 @@ def _assert_same_tokens(outputs, hf_greedy):
 
 @pytest.fixture(scope="module")
 def gguf_llm(smollm2_gguf) -> LLM:
-    return LLM(str(smollm2_gguf), dtype="float32", max_model_len=1024, device="cpu")
+    """The exact path: every weight dequantized to float32 (the default, auto, also keeps GGUF blocks on CPU)."""
+    return LLM(str(smollm2_gguf), dtype="float32", max_model_len=1024, device="cpu", cpu_weights="fp32")
 
 
 def test_gguf_greedy_equals_transformers(gguf_llm, prompts, hf_greedy):

@@ -1,0 +1,152 @@
+"""GGUF blocks kept for CPU decode: each linear layer (and the LM head) whose checkpoint tensors are Q4_0, Q4_1 or
+Q8_0 also holds them packed, and batches of up to ``PACKED_MAX_ROWS`` rows multiply by those (a quarter to an
+eighth of float32's memory traffic, dequantized in registers: kernels/cpu_gguf_matmul.py); larger batches
+(prefill chunks) keep the float32 GEMM. ``cpu_weights="fp32"`` keeps float32 everywhere (the exact path); the
+packed one computes the same products in another summation order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Hashable, Iterable
+
+import torch
+from torch import nn
+
+from pegboard.core.cpu_threads import one_cpu_thread
+from pegboard.core.errors import InvalidParameterError
+from pegboard.core.linear import LinearBase
+from pegboard.core.quantization import QuantizationScheme
+from pegboard.core.weight_loading import route
+
+logger = logging.getLogger("pegboard.cpu_weights")
+
+# Decode batches (up to 64 rows) use the packed kernel: 2-9x float32 F.linear's speed there on SmolLM2's shapes
+# (2-core AMD EPYC, tests/cpu/bench_cpu_kernels.py). Prefill chunks (256 rows on CPU) stay float32: a 512-token
+# prefill measured the same either way in the engine (docs/benchmarks.md), and prompts keep the exact products.
+PACKED_MAX_ROWS = 64
+
+
+def wants_packed_weights(setting: str, device: torch.device, dtype: torch.dtype, loader: Any, tp_size: int) -> bool:
+    """Whether this engine packs GGUF blocks: ``auto`` where it can (CPU, float32, a loader that gives blocks,
+    one rank), ``packed`` there or a clear error, ``fp32`` never."""
+    if setting == "fp32":
+        return False
+    possible = {"device is not the CPU": device.type != "cpu", "dtype is not float32": dtype != torch.float32,
+                "the weights are not a GGUF file": not hasattr(loader, "iter_quantized_blocks"),
+                "tensor parallelism splits the blocks": tp_size > 1}
+    reasons = [why for why, blocked in possible.items() if blocked]
+    if not reasons:
+        try:
+            from pegboard.kernels.cpu_build import compiled_ops
+
+            compiled_ops()  # built once (about a minute), then loaded from torch's extension cache
+        except Exception as exc:  # no C++ compiler, or one that cannot build it
+            reasons.append(f"its C++ kernels did not build ({type(exc).__name__}: {str(exc)[:200]})")
+            if setting == "auto":
+                logger.warning("keeping float32 weights on CPU: the packed GGUF kernels %s", reasons[-1][4:])
+    if setting == "packed" and reasons:
+        raise InvalidParameterError(f"cpu_weights='packed' cannot be used: {'; '.join(reasons)}",
+                                    param="cpu_weights")
+    return not reasons
+
+
+class PackedCPUScheme:
+    """A layer's own scheme: up to ``max_rows`` rows through its packed GGUF blocks, more through ``base``."""
+
+    def __init__(self, base: QuantizationScheme, weight: Any, max_rows: int) -> None:
+        self.name = f"{base.name}+gguf{weight.bits}"
+        self.base = base
+        self.weight = weight  # kernels.cpu_gguf_matmul.PackedGGUFWeight
+        self.max_rows = max_rows
+
+    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], dtype: torch.dtype) -> None:
+        raise RuntimeError("a packed scheme is set on a loaded layer; it creates no weights")
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        self.base.process_weights_after_loading(layer)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if x.shape[0] > self.max_rows:
+            return self.base.apply(layer, x, bias)
+        from pegboard.kernels.cpu_gguf_matmul import packed_matmul
+
+        y = packed_matmul(x, self.weight)
+        return y if bias is None else y.add_(bias)
+
+
+class PackedLMHead(nn.Module):
+    """The LM head with its packed blocks beside the float one (which stays for batches over ``max_rows``)."""
+
+    def __init__(self, head: nn.Module, weight: Any, max_rows: int) -> None:
+        super().__init__()
+        self.head = head
+        self.weight = head.weight
+        self.packed = weight
+        self.max_rows = max_rows
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [N, D] -> [N, V] float32."""
+        if hidden.shape[0] > self.max_rows:
+            return self.head(hidden)
+        from pegboard.kernels.cpu_gguf_matmul import packed_matmul
+
+        return packed_matmul(hidden, self.packed)
+
+
+def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]],
+                       max_rows: int = PACKED_MAX_ROWS) -> int:
+    """Give every linear layer (and the LM head) whose checkpoint tensors all come in ``blocks`` (HF name, ggml
+    type, raw bytes, shape) its packed weights, on one thread (memory-bound copies); returns the bytes packed.
+    Other layers stay float32."""
+    with one_cpu_thread():
+        return _pack(model, blocks, max_rows)
+
+
+def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]], max_rows: int) -> int:
+    from pegboard.kernels.cpu_gguf_matmul import concat_packed, pack_gguf_rows
+
+    mapping = getattr(model, "packed_modules_mapping", {})
+    prefix = getattr(model, "checkpoint_prefix", "")
+    shards: dict[str, dict[Hashable, Any]] = {}
+    for name, ggml_type, raw, shape in blocks:
+        if len(shape) != 2 or not name.endswith(".weight"):
+            continue
+        param, shard_id = route(name.removeprefix(prefix), mapping)
+        module_name = param.removesuffix(".weight")
+        if name == f"{prefix}embed_tokens.weight" and getattr(model, "tie_word_embeddings", False):
+            module_name, shard_id = "lm_head", None  # the tied head multiplies by the embedding's blocks
+        try:
+            packed = pack_gguf_rows(raw, ggml_type, shape)
+        except ValueError:
+            continue  # a width the kernel does not take: that layer stays float32
+        shards.setdefault(module_name, {})[shard_id] = packed
+    total = 0
+    for module_name, parts in shards.items():
+        module = model.get_submodule(module_name)
+        if isinstance(module, LinearBase):
+            if module.scheme.name != "none":  # another scheme's weights are its own business
+                continue
+            order = module.shard_ids or (None,)
+            if set(parts) != set(order) or module.input_slice not in (None, (0, module.input_size)):
+                continue
+            try:
+                weight = concat_packed([parts[s] for s in order])
+            except ValueError:
+                continue  # shards of different types: float32
+            if weight.shape != tuple(module.weight.shape):
+                continue
+            module.scheme = PackedCPUScheme(module.scheme, weight, max_rows)
+        elif module_name == "lm_head" and None in parts and parts[None].shape == tuple(module.weight.shape):
+            weight = parts[None]
+            model.lm_head = PackedLMHead(module, weight, max_rows)
+        else:
+            continue
+        total += weight.nbytes()
+    rotary = getattr(model, "rotary", None)
+    if rotary is not None and hasattr(rotary, "fused_qk"):
+        from pegboard.kernels.cpu_build import compiled_ops
+
+        rotary.fused_qk = compiled_ops().rotary_qk_
+    logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows)", total / 1e6, max_rows)
+    return total

@@ -1,0 +1,14 @@
+// The CPU kernels' Python bindings: one extension module for every kernels/cpu_*.cpp file (kernels/cpu_build.py).
+
+#include <torch/extension.h>
+
+at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scale, const at::Tensor& min);
+at::Tensor q8_matmul(const at::Tensor& x, const at::Tensor& quants, const at::Tensor& scale);
+void rotary_qk_(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin,
+                int64_t heads, int64_t head_dim);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("q4_matmul", &q4_matmul, "x [M, K] @ 4-bit GGUF weights [N, K]^T -> [M, N] float32");
+  module.def("q8_matmul", &q8_matmul, "x [M, K] @ 8-bit GGUF weights [N, K]^T -> [M, N] float32");
+  module.def("rotary_qk_", &rotary_qk_, "rotate the first heads of every qkv row in place (rotate-half rotary)");
+}

@@ -1,0 +1,71 @@
+"""GGUF blocks kept for CPU decode (``cpu_weights``): what the setting accepts, and that the packed path gives the
+exact float32 path's greedy tokens on the reference prompts (any divergence only at a near-tie)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pegboard import LLM, SamplingParams
+from pegboard.core.config import EngineConfig
+from pegboard.core.errors import InvalidParameterError
+
+MAX_TOKENS = 24
+_SENTENCES = json.loads((Path(__file__).parent / "reference_prompts.json").read_text())
+
+
+def test_an_unknown_setting_is_refused_by_name():
+    with pytest.raises(InvalidParameterError, match="cpu_weights must be one of auto, fp32, packed"):
+        EngineConfig(cpu_weights="int3")
+
+
+def test_cpu_threads_must_be_positive():
+    with pytest.raises(InvalidParameterError, match="cpu_threads must be a positive integer"):
+        EngineConfig(cpu_threads=0)
+
+
+def test_packed_without_gguf_blocks_is_refused_with_the_reason(tiny_llama_dir):
+    with pytest.raises(InvalidParameterError, match="the weights are not a GGUF file"):
+        LLM(str(tiny_llama_dir), load_format="dummy", skip_tokenizer_init=True, num_kv_blocks=32, device="cpu",
+            cpu_weights="packed")
+
+
+def test_cpu_threads_sets_the_engines_torch_threads(tiny_llama_dir):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        LLM(str(tiny_llama_dir), load_format="dummy", skip_tokenizer_init=True, num_kv_blocks=32, device="cpu",
+            cpu_threads=1)
+        assert torch.get_num_threads() == 1  # LLM runs the model in this process
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_packed_path_gives_the_float32_paths_greedy_tokens(smollm2_gguf):
+    exact = LLM(str(smollm2_gguf), dtype="float32", max_model_len=1024, device="cpu", cpu_weights="fp32")
+    packed = LLM(str(smollm2_gguf), dtype="float32", max_model_len=1024, device="cpu", cpu_weights="packed")
+    assert type(packed.engine.executor.runner.model.lm_head).__name__ == "PackedLMHead"  # the tied Q8_0 head is packed
+    model = exact.engine.executor.runner.model
+    exact_schemes = {type(m.scheme).__name__ for m in model.modules() if hasattr(m, "scheme")}
+    assert exact_schemes == {"UnquantizedScheme"}  # fp32: nothing packed
+    tokenizer = exact.get_tokenizer()
+    prompts = [{"prompt_token_ids": tokenizer(s).input_ids} for s in _SENTENCES]
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS, logprobs=2)
+    reference = exact.generate(prompts, params, use_tqdm=False)
+    for batch in (prompts, prompts[:1]):  # 16 decodes in a step (packed kernel), and one alone
+        outputs = packed.generate(batch, params, use_tqdm=False)
+        same = 0
+        for ref, out in zip(reference, outputs):
+            want, got = ref.outputs[0].token_ids, out.outputs[0].token_ids
+            if want == got:
+                same += 1
+                continue
+            i = next(i for i, (a, b) in enumerate(zip(want, got)) if a != b)
+            top2 = sorted((lp.logprob for lp in ref.outputs[0].logprobs[i].values()), reverse=True)[:2]
+            assert top2[0] - top2[1] < 1e-2, f"divergence at step {i} where the reference is not a near-tie"
+        print(f"{len(batch)} prompts at once: {same} of {len(batch)} identical")
+        assert same >= min(15, len(batch))

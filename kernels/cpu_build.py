@@ -25,6 +25,7 @@ def compiled_ops():
     from torch.utils.cpp_extension import load
 
     started = time.perf_counter()
+    logger.info("loading the CPU kernels (built once, about half a minute, then cached in TORCH_EXTENSIONS_DIR)")
     # the name carries the instruction set, so a cache shared by other machines never hands this one a build it
     # cannot run
     name = f"pegboard_cpu_kernels_{torch.backends.cpu.get_cpu_capability().lower()}"

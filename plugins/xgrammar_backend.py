@@ -8,16 +8,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import threading
 from typing import Any
 
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.hookspecs import hookimpl
+from pegboard.plugins.external_grammar import PerTokenizer, StopMaskedMatcher, choice_strings
+
+
+def _compiler(tokenizer: Any, vocab_size: int) -> Any:
+    import xgrammar
+
+    return xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size))
+
 
 BACKEND = "xgrammar"
 KINDS = ("json_schema", "json_object", "regex", "choice")
-_compilers: dict[tuple[int, int], Any] = {}  # (tokenizer id, vocab size) -> xgrammar.GrammarCompiler
-_lock = threading.Lock()
+_compilers = PerTokenizer(_compiler)  # -> xgrammar.GrammarCompiler
 
 
 def _refused(kind: str, exc: Exception) -> InvalidParameterError:
@@ -25,28 +31,14 @@ def _refused(kind: str, exc: Exception) -> InvalidParameterError:
     return InvalidParameterError(f"xgrammar refused the {kind} constraint: {reason}", param=kind)
 
 
-class XGrammarMatcher:
+class XGrammarMatcher(StopMaskedMatcher):
     """One request's xgrammar.GrammarMatcher; its own stop tokens are masked (the engine adds EOS when finished)."""
 
-    supports_bitmask = True
-
     def __init__(self, matcher: Any, vocab_size: int) -> None:
-        self.matcher, self.vocab_size = matcher, vocab_size
-        self.stop_words = [(t // 32, ~(1 << t % 32) if t % 32 != 31 else 0x7FFFFFFF) for t in matcher.stop_token_ids]
+        super().__init__(matcher, vocab_size, list(matcher.stop_token_ids))
 
-    def fill_bitmask(self, words) -> None:
-        self.matcher.fill_next_token_bitmask(words.unsqueeze(0), 0)
-        for word, keep in self.stop_words:
-            words[word] &= keep
-
-    def allowed_token_ids(self):
-        import torch
-
-        from pegboard.kernels.reference import unpack_token_bitmask
-
-        words = torch.zeros(1, -(-self.vocab_size // 32), dtype=torch.int32)
+    def _fill(self, words) -> None:
         self.matcher.fill_next_token_bitmask(words, 0)
-        return unpack_token_bitmask(words, self.vocab_size)[0].nonzero()[:, 0].tolist()
 
     def accept(self, token_id: int) -> None:
         self.matcher.accept_token(token_id)
@@ -68,9 +60,7 @@ class XGrammarGrammar:
         if self.kind == "json_object":
             return "json_object", None
         if self.kind == "choice":
-            if not isinstance(spec, list) or not spec or not all(isinstance(c, str) for c in spec):
-                raise InvalidParameterError("choice must be a non-empty list of strings", param="choice")
-            return "regex", "(" + "|".join(re.escape(c) for c in spec) + ")"
+            return "regex", "(" + "|".join(re.escape(c) for c in choice_strings(spec)) + ")"
         if not isinstance(spec, str):
             raise InvalidParameterError("a regex must be a string", param="regex")
         return "regex", spec
@@ -92,12 +82,7 @@ class XGrammarGrammar:
 
         if tokenizer is None:
             raise InvalidParameterError("the xgrammar backend needs the model's tokenizer", param=self.kind)
-        key = (id(tokenizer), vocab_size)
-        with _lock:
-            if key not in _compilers:
-                info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-                _compilers[key] = xgrammar.GrammarCompiler(info)
-        compiler = _compilers[key]
+        compiler = _compilers.get(tokenizer, vocab_size)
         how, source = self._source(spec)
         try:
             if how == "json_schema":

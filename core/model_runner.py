@@ -214,7 +214,7 @@ class ModelRunner:
         A request whose previous token is still pending (sampled by the step launched just before this one)
         takes that token as its input straight from the device. Where a sampled row needs its previous tokens
         on the host (penalties, a logits processor that follows accepted tokens), the previous step is
-        collected first.
+        collected after this step's forward pass is queued and before it samples.
         """
         added, forgotten = self.batch.update(scheduled)
         self._forget(forgotten)
@@ -268,8 +268,6 @@ class ModelRunner:
                     prompt_spans.append((request_id, count, k))
                     state.num_prompt_logprobs = first + count
 
-        if self._last_step is not None and self._needs_previous_tokens(sampled):
-            self._last_step.result()  # its tokens reach the host (and the processors) before this step samples
         if (self.decode_graphs is not None and max(query_lens) == 1 and not prompt_rows
                 and self.decode_graphs.fits(len(query_lens), max(map(len, tables)))):
             logits = self._replay_decode(input_ids, positions, slots, context_lens, tables, pending_at, pending_rows)
@@ -321,6 +319,10 @@ class ModelRunner:
                 prompt_targets: list[int], prompt_spans: list[tuple[str, int, int]]) -> LaunchedStep:
         """Sample on the device, start copying the results to the host, and return the step's promise."""
         num_sampled = len(rows)
+        if self._last_step is not None and self._needs_previous_tokens(rows):
+            # its tokens reach the host (and the processors) before this step samples; this step's forward pass
+            # is queued already, so the device runs it while the host waits and fills its masks
+            self._last_step.result()
         sample_logits = self.logits_processors.apply(logits[:num_sampled], rows)
         out = self.sampler.sample(sample_logits, rows)
         self._previous_samples = out.token_ids

@@ -6,12 +6,15 @@ On CUDA it is on by default; these tests force it on the CPU, where the code pat
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pegboard.core.config import EngineConfig
 from pegboard.core.engine import LLMEngine
 from pegboard.core.llm import LLM
 from pegboard.core.sampling_params import SamplingParams
+from pegboard.core.structured_outputs_params import StructuredOutputsParams
 
 PROMPTS = ["Hello there", "The quick brown fox jumps over the lazy dog " * 2, "a", "Tell me a story about Pegboard",
            "0123456789" * 4, "Why?", "x y z", "Once upon a time, in a land far away, there lived"]
@@ -19,7 +22,7 @@ PROMPTS = ["Hello there", "The quick brown fox jumps over the lazy dog " * 2, "a
 
 def mixed_params(host_history: bool) -> list[SamplingParams]:
     """One of each kind of request: greedy, seeded sampling and filters, stops, logprobs, n=2; with
-    ``host_history`` also penalties and prompt logprobs (which make each step wait for the previous one)."""
+    ``host_history`` also penalties, prompt logprobs and a grammar (which make each step wait for the previous one)."""
     params = [
         SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
         SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=20),
@@ -33,6 +36,7 @@ def mixed_params(host_history: bool) -> list[SamplingParams]:
     if host_history:
         params[4] = params[4].clone(prompt_logprobs=2)
         params[6] = params[6].clone(repetition_penalty=1.3, frequency_penalty=0.5)
+        params[1] = params[1].clone(structured_outputs=StructuredOutputsParams(regex="[a-z ]{3,40}"))
     return params
 
 
@@ -55,7 +59,10 @@ def test_async_outputs_equal_synchronous_outputs(tiny_chat_model, limits, host_h
     expected = summary(sync.generate(PROMPTS, mixed_params(host_history), use_tqdm=False))
     llm = tiny_llm(tiny_chat_model, True, **limits)
     assert llm.engine.core._overlap
-    assert summary(llm.generate(PROMPTS, mixed_params(host_history), use_tqdm=False)) == expected
+    outputs = llm.generate(PROMPTS, mixed_params(host_history), use_tqdm=False)
+    assert summary(outputs) == expected
+    if host_history:  # the guided request kept to its regex while its steps waited for the previous tokens
+        assert re.fullmatch("[a-z ]{3,40}", outputs[1].outputs[0].text)
     if limits:
         assert llm.engine.scheduler.num_preemptions_total > 0
     blocks = llm.engine.block_manager

@@ -76,7 +76,7 @@ def main() -> None:
     free = SamplingParams(temperature=args.temperature, max_tokens=args.output_len, seed=0)
     guided = SamplingParams(temperature=args.temperature, max_tokens=args.output_len, seed=0,
                             structured_outputs=StructuredOutputsParams(json=SCHEMA))
-    run(llm, prompts[:16], free)  # warm-up: graphs, kernels, the grammar's compile cache
+    run(llm, prompts, free)  # warm-up at full size (kernels for every shape the runs meet), then the grammar's cache
     run(llm, prompts[:16], guided)
     rows = []
     for label, params in (("free", free), ("json_schema", guided), ("free again", free)):

@@ -15,6 +15,11 @@ class InvalidParameterError(PegboardError, ValueError):
         self.param = param
 
 
+def invalid(name: str, message: str) -> InvalidParameterError:
+    """An error about field ``name``: ``'name' message``."""
+    return InvalidParameterError(f"'{name}' {message}", param=name)
+
+
 class PromptTooLongError(InvalidParameterError):
     """The prompt (plus the tokens asked for) can never fit in max_model_len."""
 

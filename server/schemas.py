@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.json_schema import models_json_schema
 
 from pegboard import __version__
-from pegboard.core.errors import InvalidParameterError
+from pegboard.core.errors import invalid
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 MAX_N = 128
@@ -246,11 +246,6 @@ def _field_of(loc: tuple[int | str, ...]) -> tuple[str, str]:
         else:
             return path, "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[i + 1:]).lstrip(".")
     return path, ""
-
-
-def invalid(name: str, message: str) -> InvalidParameterError:
-    """A 400 error about field ``name``."""
-    return InvalidParameterError(f"'{name}' {message}", param=name)
 
 
 def _show(value: object) -> str:

@@ -37,6 +37,7 @@ class _Add:
     prompt: str | list[int]
     params: SamplingParams
     add_special_tokens: bool
+    final_output_only: bool
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,10 @@ class AsyncLLMEngine:
             self._pending -= num_sequences
 
     async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str, *,
-                       add_special_tokens: bool = True, admission: Admission | None = None
-                       ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's RequestOutput after every step that advanced it; the last one is finished.
+                       add_special_tokens: bool = True, admission: Admission | None = None,
+                       final_output_only: bool = False) -> AsyncIterator[RequestOutput]:
+        """Yield the request's RequestOutput after every step that advanced it; the last one is finished (with
+        ``final_output_only``, only that one: no snapshot is built for the steps before).
 
         Its ``params.n`` sequences come out of ``admission`` (one admission for all prompts of a request), else
         are admitted here. Leaving the iteration early (a client that disconnects) aborts the request and frees
@@ -135,7 +137,7 @@ class AsyncLLMEngine:
         finally:
             if own:
                 admission.release()
-        self._inbox.put(_Add(request_id, prompt, params, add_special_tokens))
+        self._inbox.put(_Add(request_id, prompt, params, add_special_tokens, final_output_only))
         finished = False
         try:
             while True:
@@ -202,7 +204,8 @@ class AsyncLLMEngine:
             if isinstance(message, _Add):
                 try:
                     self.engine.add_request(message.request_id, message.prompt, message.params,
-                                            add_special_tokens=message.add_special_tokens)
+                                            add_special_tokens=message.add_special_tokens,
+                                            final_output_only=message.final_output_only)
                 except Exception as exc:  # invalid input: the caller gets the error
                     self._deliver(message.request_id, exc, True)
             elif message.request_id in self._streams:

@@ -25,7 +25,7 @@ from pegboard.core.logits_processors import LogitsProcessors
 from pegboard.core.messages import RunnerOutput, SchedulerOutput, TokenLogprobs
 from pegboard.core.launched_step import LaunchedStep
 from pegboard.core.worker_state import BatchState, CachedRequestState
-from pegboard.core.staging import HostStaging
+from pegboard.core.staging import HostStaging, padded_rows
 from pegboard.core.structured_outputs_config import structured_outputs_backend
 from pegboard.core.tokenizer_loading import shared_tokenizer
 from pegboard.core.weight_loading import process_weights_after_loading
@@ -249,7 +249,10 @@ class ModelRunner:
                 input_ids.append(0)
             input_ids.extend(proposed)
             positions.extend(range(start, start + n))
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            if n == 1:
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                _extend_slots(slots, table, bs, start, start + n)
             query_lens.append(n)
             context_lens.append(start + n)
             tables.append(table)
@@ -306,8 +309,7 @@ class ModelRunner:
         ids_t, positions_t, slots_t, pending_at_t, pending_rows_t = self._staging.upload(
             input_ids, positions, slots, pending_at, pending_rows)
         self._fill_pending_inputs(ids_t, pending_at_t, pending_rows_t)
-        context_t, flat_tables = self._staging32.upload(
-            context_lens, [b for t in tables for b in t + [0] * (width - len(t))])
+        context_t, flat_tables = self._staging32.upload(context_lens, padded_rows(tables, width))
         return self.decode_graphs.run(ids_t, positions_t, slots_t, context_t, flat_tables.view(len(tables), width))
 
     def _fill_pending_inputs(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> None:
@@ -387,6 +389,17 @@ class ModelRunner:
             self.sampler.free(request_ids)
             self.logits_processors.remove_requests(request_ids)
             self._wants_host_tokens.difference_update(request_ids)
+
+
+def _extend_slots(slots: list[int], table: list[int], block_size: int, start: int, end: int) -> None:
+    """Append the cache slots of positions [start, end): one range per block, not one expression per token."""
+    position = start
+    while position < end:
+        block, offset = divmod(position, block_size)
+        count = min(block_size - offset, end - position)
+        first = table[block] * block_size + offset
+        slots.extend(range(first, first + count))
+        position += count
 
 
 def _accepted(sampled: list[int], proposed: tuple[int, ...]) -> tuple[int, ...]:

@@ -23,8 +23,11 @@ class RequestStatus(enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self in (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
-                        RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR)
+        return self in FINISHED_STATUSES
+
+
+FINISHED_STATUSES = frozenset((RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
+                               RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR))
 
 
 class Request:
@@ -90,7 +93,7 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return self.status.finished
+        return self.status in FINISHED_STATUSES
 
     def append_token(self, token_id: int) -> None:
         """Add one generated token (the arrival of a pending one, when a step was in flight)."""

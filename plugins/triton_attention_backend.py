@@ -14,7 +14,7 @@ import torch
 
 from pegboard.core.attention import BatchLayout, KVCacheSpec
 from pegboard.core.errors import InvalidParameterError
-from pegboard.core.staging import HostStaging
+from pegboard.core.staging import HostStaging, padded_rows
 from pegboard.kernels.kv_cache_write import kv_cache_write
 from pegboard.kernels.paged_decode_attention import paged_decode_attention
 from pegboard.kernels.paged_prefill_attention import paged_prefill_attention
@@ -67,14 +67,14 @@ class TritonAttentionBackend:
     def build_metadata(self, layout: BatchLayout) -> TritonAttentionMetadata:
         """Pack the step's block tables and lengths into device tensors (one host-to-device copy each)."""
         width = max(len(t) for t in layout.block_tables)
-        tables = [t + [0] * (width - len(t)) for t in layout.block_tables]
+        tables = padded_rows(layout.block_tables, width)
         starts = [0]
         for n in layout.query_lens:
             starts.append(starts[-1] + n)
         decodes = _leading_decodes(layout.query_lens) if layout.max_query_len > 1 else 0
         context_lens, query_start_loc, prefill_starts, flat_tables = self._staging.upload(
             layout.context_lens, starts, [s - decodes for s in starts[decodes:]] if decodes else [],
-            [b for t in tables for b in t])
+            tables)
         block_tables = flat_tables.view(len(tables), width)
         split = DecodePrefillSplit(decodes, block_tables[:decodes], context_lens[:decodes], block_tables[decodes:],
                                    context_lens[decodes:], prefill_starts) if decodes else None

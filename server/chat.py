@@ -28,7 +28,8 @@ async def create_chat_completion(request: Request) -> Response:
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     writer = ChatWriter(state, parsed, prompt, f"chatcmpl-{parsed.body.request_id}" if parsed.body.request_id
                         else request_id)
-    generation = Generation(state.engine, [prompt.token_ids], parsed.params, request_id)
+    generation = Generation(state.engine, [prompt.token_ids], parsed.params, request_id,
+                            final_output_only=not parsed.body.stream)
     return await respond(request, generation, writer, parsed.body.stream)
 
 

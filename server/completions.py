@@ -29,7 +29,8 @@ async def create_completion(request: Request) -> Response:
     request_id = f"cmpl-{uuid.uuid4().hex}"
     writer = CompletionWriter(state, parsed, prompts, f"cmpl-{parsed.body.request_id}" if parsed.body.request_id
                               else request_id)
-    generation = Generation(state.engine, [p.token_ids for p in prompts], parsed.params, request_id)
+    generation = Generation(state.engine, [p.token_ids for p in prompts], parsed.params, request_id,
+                            final_output_only=not parsed.body.stream)
     return await respond(request, generation, writer, parsed.body.stream)
 
 

@@ -24,12 +24,12 @@ class Generation:
     """
 
     def __init__(self, engine: AsyncLLMEngine, prompts: list[list[int]], params: SamplingParams,
-                 request_id: str) -> None:
+                 request_id: str, *, final_output_only: bool = False) -> None:
         self._admission = engine.admit(params.n * len(prompts))
         self._queue: asyncio.Queue = asyncio.Queue()
         self._buffer: deque[tuple[int, RequestOutput]] = deque()
-        self._tasks = [asyncio.create_task(self._pump(i, engine.generate(ids, params, f"{request_id}-{i}",
-                                                                         admission=self._admission)))
+        self._tasks = [asyncio.create_task(self._pump(i, engine.generate(
+            ids, params, f"{request_id}-{i}", admission=self._admission, final_output_only=final_output_only)))
                        for i, ids in enumerate(prompts)]
 
     async def _pump(self, index: int, stream: AsyncIterator[RequestOutput]) -> None:

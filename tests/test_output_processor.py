@@ -67,3 +67,33 @@ def test_a_reused_request_id_gets_a_fresh_core_id():
     assert step(processor, EngineCoreOutput("r", (98,))).request_outputs == []  # the old sequence's late token
     [output] = step(processor, EngineCoreOutput("r@1", (99,), finish_reason="length")).request_outputs
     assert output.request_id == "r" and output.outputs[0].token_ids == [99]
+
+
+def test_a_final_output_only_request_yields_one_output_equal_to_the_cumulative_paths_last():
+    outputs = {}
+    for final_only in (False, True):
+        processor = OutputProcessor(ByteTokenizer())
+        processor.add_request("r", "h", [104], SamplingParams(n=2, max_tokens=3, stop=["c"]), eos_token_id=0,
+                              final_output_only=final_only, arrival_time=1.0)
+        steps = [(EngineCoreOutput("r#0", (97,)), EngineCoreOutput("r#1", (98,))),
+                 (EngineCoreOutput("r#0", (98,)), EngineCoreOutput("r#1", (99,))),  # "c" stops r#1
+                 (EngineCoreOutput("r#0", (100,), finish_reason="length"),)]
+        outputs[final_only] = [o for outs in steps for o in step(processor, *outs).request_outputs]
+        assert not processor.has_unfinished_requests()
+    cumulative, [final] = outputs[False], outputs[True]
+    assert len(cumulative) == 3 and final.finished
+    assert [(c.text, c.token_ids, c.finish_reason, c.stop_reason) for c in final.outputs] == [
+        (c.text, c.token_ids, c.finish_reason, c.stop_reason) for c in cumulative[-1].outputs] == [
+        ("abd", [97, 98, 100], "length", None), ("b", [98, 99], "stop", "c")]
+    assert final.prompt_token_ids == cumulative[-1].prompt_token_ids == [104]
+
+
+def test_a_snapshots_metrics_are_a_copy_of_every_timestamp():
+    from dataclasses import fields
+
+    from pegboard.core.output_processor import _copied
+    from pegboard.core.outputs import RequestMetrics
+
+    metrics = RequestMetrics(*(float(i) for i in range(len(fields(RequestMetrics)))))
+    copy = _copied(metrics)
+    assert copy is not metrics and vars(copy) == vars(metrics)

@@ -20,7 +20,7 @@ from pegboard.core.hookspecs import hookimpl
 from pegboard.core.plugins import load_board
 from pegboard.core.tool_calls import ParsedToolCall, ToolParse
 from pegboard.server.app import build_app
-from pegboard.server.tool_choice import required_schema
+from pegboard.plugins.tool_calling.tool_choice import required_schema
 from pegboard.server.uvicorn_server import serving_in_thread
 from tiny_server import board_with_fake_grammars
 

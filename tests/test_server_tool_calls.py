@@ -381,7 +381,7 @@ def test_the_auto_tool_choice_flags_go_together_and_name_a_registered_parser(fla
     import argparse
 
     from pegboard.core.errors import InvalidParameterError
-    from pegboard.server.serve import add_arguments, tool_parser_from_args
+    from pegboard.plugins.serve_command.serve import add_arguments, tool_parser_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -15,11 +15,12 @@ from typing import Any
 from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
 from pegboard.core.config import DEFAULT_MODEL, EngineConfig
 from pegboard.core.errors import InvalidParameterError
-from pegboard.server.connection_flags import add_connection_arguments, connection_limits_from_args
-from pegboard.server.http_flags import (API_KEY_ENVS, add_http_arguments, api_key_from, cors_from_args,
-                                        root_path_from_args, warn_unread_vllm_variables)
-from pegboard.server.refused_vllm_flags import add_refused_vllm_flags
-from pegboard.server.request_limit_flags import add_request_limit_arguments, request_limits_from_args
+from pegboard.plugins.serve_command.refused_vllm_flags import add_refused_vllm_flags
+from pegboard.plugins.serve_command.server_flags import (API_KEY_ENVS, add_connection_arguments, add_http_arguments,
+                                                         add_request_limit_arguments, api_key_from,
+                                                         connection_limits_from_args, cors_from_args,
+                                                         request_limits_from_args, require_at_least,
+                                                         root_path_from_args, warn_unread_vllm_variables)
 from pegboard.server.served_name import default_served_name
 
 logger = logging.getLogger("pegboard.server")
@@ -69,10 +70,8 @@ def main(args: argparse.Namespace, board: Any) -> int:
     from pegboard.server.app import build_app
     from pegboard.server.uvicorn_server import GracefulServer
 
-    for flag, value in (("--max-waiting-requests", args.max_waiting_requests),
-                        ("--shutdown-timeout", args.shutdown_timeout), ("--port", args.port)):
-        if value < 0:
-            raise InvalidParameterError(f"{flag} must be >= 0, got {value}")
+    require_at_least(0, {"--max-waiting-requests": args.max_waiting_requests,
+                         "--shutdown-timeout": args.shutdown_timeout, "--port": args.port})
     if args.port > 65535:
         raise InvalidParameterError(f"--port must be a TCP port, 0 to 65535, got {args.port}")
     limits = connection_limits_from_args(args)

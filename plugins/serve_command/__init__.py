@@ -1,4 +1,4 @@
-"""``pegboard serve [MODEL]``: the OpenAI-compatible server (``serve.py``; the app is server/), imported only when chosen."""
+"""``pegboard serve [MODEL]``: the OpenAI-compatible server (``serve.py``, the app of server/), imported when chosen."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
 from pegboard.core.config import DEFAULT_MODEL, EngineConfig
 from pegboard.core.errors import InvalidParameterError
 from pegboard.plugins.serve_command.refused_vllm_flags import add_refused_vllm_flags
-from pegboard.plugins.serve_command.server_flags import (API_KEY_ENVS, add_connection_arguments, add_http_arguments,
+from pegboard.plugins.serve_command.server_flags import (API_KEY_ENVS, CONNECTION_FLAGS, add_flags, add_http_arguments,
                                                          add_request_limit_arguments, api_key_from,
                                                          connection_limits_from_args, cors_from_args,
                                                          request_limits_from_args, require_at_least,
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shutdown-timeout", type=float, default=30.0,
                        help="seconds in-flight requests may run after SIGTERM/SIGINT; then streams end with an "
                             "error event and [DONE], other requests get 503 (default: 30)")
-    add_connection_arguments(group)
+    add_flags(group, CONNECTION_FLAGS)
     group.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the model's)")
     group.add_argument("--response-role", default="assistant",
                        help="the role of chat answers when add_generation_prompt is true (default: assistant)")

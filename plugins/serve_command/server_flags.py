@@ -100,22 +100,45 @@ def warn_unread_vllm_variables(environ: os._Environ | dict[str, str] = os.enviro
     return unread
 
 
-def add_connection_arguments(group: argparse._ArgumentGroup) -> None:
-    """The flags bounding how long and how many clients may hold a connection."""
-    group.add_argument("--header-read-timeout", type=float, default=DEFAULT_HEADER_READ_TIMEOUT, metavar="SECONDS",
-                       help="seconds a client has to send a request's headers, from connecting or from the "
-                            "request's first byte; then it gets 408 and its connection is closed "
-                            f"(default: {DEFAULT_HEADER_READ_TIMEOUT:g})")
-    group.add_argument("--body-read-timeout", type=float, default=DEFAULT_BODY_READ_TIMEOUT, metavar="SECONDS",
-                       help="seconds a client has to send a request's body once its headers are in; then it gets "
-                            f"408 and its connection is closed (default: {DEFAULT_BODY_READ_TIMEOUT:g})")
-    group.add_argument("--timeout-keep-alive", type=float, default=DEFAULT_KEEP_ALIVE_TIMEOUT, metavar="SECONDS",
-                       help="seconds an idle connection is kept open after a response, waiting for the next request "
-                            f"(default: {DEFAULT_KEEP_ALIVE_TIMEOUT:g})")
-    group.add_argument("--limit-concurrency", type=int, metavar="N",
-                       help="open connections (idle ones included), and requests running, past which a request is "
-                            "answered 503 with Retry-After and its connection closed (default: the open-file limit "
-                            f"less {FDS_KEPT_FREE}, here {connection_cap_for_open_file_limit()})")
+SECONDS, COUNT = dict(type=float, metavar="SECONDS"), dict(type=int, metavar="N")
+CONNECTION_FLAGS = {  # the flags bounding how long and how many clients may hold a connection
+    "--header-read-timeout": dict(SECONDS, default=DEFAULT_HEADER_READ_TIMEOUT,
+                                  help="seconds a client has to send a request's headers, from connecting or from "
+                                       "the request's first byte; then it gets 408 and its connection is closed "
+                                       f"(default: {DEFAULT_HEADER_READ_TIMEOUT:g})"),
+    "--body-read-timeout": dict(SECONDS, default=DEFAULT_BODY_READ_TIMEOUT,
+                                help="seconds a client has to send a request's body once its headers are in; then it "
+                                     f"gets 408 and its connection is closed (default: {DEFAULT_BODY_READ_TIMEOUT:g})"),
+    "--timeout-keep-alive": dict(SECONDS, default=DEFAULT_KEEP_ALIVE_TIMEOUT,
+                                 help="seconds an idle connection is kept open after a response, waiting for the next "
+                                      f"request (default: {DEFAULT_KEEP_ALIVE_TIMEOUT:g})"),
+    "--limit-concurrency": dict(COUNT, help="open connections (idle ones included), and requests running, past which "
+                                            "a request is answered 503 with Retry-After and its connection closed "
+                                            f"(default: the open-file limit less {FDS_KEPT_FREE}, here "
+                                            f"{connection_cap_for_open_file_limit()})"),
+}
+REQUEST_LIMIT_FLAGS = {  # the flags capping what one request may ask for (more is a 400 naming the field)
+    "--max-prompts-per-request": dict(COUNT, default=DEFAULT_MAX_PROMPTS,
+                                      help="prompts one /v1/completions request may list; more is a 400 naming "
+                                           f"'prompt' (default: {DEFAULT_MAX_PROMPTS})"),
+    "--max-sequences-per-request": dict(COUNT, default=DEFAULT_MAX_SEQUENCES,
+                                        help="sequences (n x prompts) one request may ask for; more is a 400 naming "
+                                             f"'n' (default: {DEFAULT_MAX_SEQUENCES})"),
+    "--max-logprobs": dict(COUNT, default=MAX_LOGPROBS,
+                           help="the most logprobs, top_logprobs or prompt_logprobs a request may ask for; more is a "
+                                f"400 (default and most the engine computes: {MAX_LOGPROBS})"),
+}
+
+
+def add_flags(group: argparse._ArgumentGroup, flags: dict[str, dict]) -> None:
+    """Add each flag of a table (flag -> add_argument's keywords)."""
+    for flag, keywords in flags.items():
+        group.add_argument(flag, **keywords)
+
+
+def add_request_limit_arguments(group: argparse._ArgumentGroup) -> None:
+    """The flags capping what one request may ask for."""
+    add_flags(group, REQUEST_LIMIT_FLAGS)
 
 
 def connection_limits_from_args(args: argparse.Namespace) -> ConnectionLimits:
@@ -129,19 +152,6 @@ def connection_limits_from_args(args: argparse.Namespace) -> ConnectionLimits:
     cap = connection_cap_for_open_file_limit() if args.limit_concurrency is None else args.limit_concurrency
     return ConnectionLimits(header_read_timeout=args.header_read_timeout, body_read_timeout=args.body_read_timeout,
                             keep_alive_timeout=args.timeout_keep_alive, limit_concurrency=cap)
-
-
-def add_request_limit_arguments(group: argparse._ArgumentGroup) -> None:
-    """The flags capping what one request may ask for (more is a 400 naming the field)."""
-    group.add_argument("--max-prompts-per-request", type=int, default=DEFAULT_MAX_PROMPTS, metavar="N",
-                       help="prompts one /v1/completions request may list; more is a 400 naming 'prompt' "
-                            f"(default: {DEFAULT_MAX_PROMPTS})")
-    group.add_argument("--max-sequences-per-request", type=int, default=DEFAULT_MAX_SEQUENCES, metavar="N",
-                       help="sequences (n x prompts) one request may ask for; more is a 400 naming 'n' "
-                            f"(default: {DEFAULT_MAX_SEQUENCES})")
-    group.add_argument("--max-logprobs", type=int, default=MAX_LOGPROBS, metavar="N",
-                       help="the most logprobs, top_logprobs or prompt_logprobs a request may ask for; more is a 400 "
-                            f"(default and most the engine computes: {MAX_LOGPROBS})")
 
 
 def request_limits_from_args(args: argparse.Namespace) -> RequestLimits:

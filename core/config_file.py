@@ -42,7 +42,7 @@ def apply_config_file(parser: argparse.ArgumentParser, values: dict[str, Any], p
         if action is None or key == "config":
             raise InvalidParameterError(f"--config {path!r}: {key!r} is not a flag of this command "
                                         f"(see --help)")
-        if getattr(action, "refusal", None):  # a flag that refuses itself (server/refused_vllm_flags.py)
+        if getattr(action, "refusal", None):  # a flag that refuses itself (plugins/serve_command/refused_vllm_flags.py)
             raise InvalidParameterError(f"--config {path!r}: {key}: {action.refusal}")
         defaults[action.dest] = _value_for(action, value, f"--config {path!r}: {key}")
         action.required = False  # the file gave it (generate's --prompt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -18,7 +19,6 @@ from pegboard.core.async_engine import AsyncLLMEngine
 from pegboard.server.chat import create_chat_completion
 from pegboard.server.completions import create_completion
 from pegboard.server.errors import EXCEPTION_HANDLERS, APIError, error_response
-from pegboard.server.http_flags import CORSSettings
 from pegboard.server.protocol import RequestLimits
 from pegboard.server.schemas import openapi_schema
 from pegboard.server.served_name import default_served_name
@@ -26,6 +26,16 @@ from pegboard.server.state import ServerState, state_of
 from pegboard.server.tokenize import detokenize, tokenize
 
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key
+
+
+@dataclass(frozen=True)
+class CORSSettings:
+    """starlette's CORSMiddleware arguments; vLLM's defaults allow every origin, method and header."""
+
+    allow_origins: tuple[str, ...] = ("*",)
+    allow_methods: tuple[str, ...] = ("*",)
+    allow_headers: tuple[str, ...] = ("*",)
+    allow_credentials: bool = False
 
 
 def build_app(engine: AsyncLLMEngine, served_model_names: tuple[str, ...] | None = None, *,

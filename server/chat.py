@@ -16,7 +16,7 @@ from pegboard.server.protocol import ChatRequest, parse_chat_request
 from pegboard.server.state import ServerState, state_of
 from pegboard.server.streaming import ChunkWriter, respond
 from pegboard.server.tokenize import PromptInput, chat_prompt, check_context
-from pegboard.server.tool_calls import ChoiceTools, message_of
+from pegboard.plugins.tool_calling.choice_tools import ChoiceTools, message_of
 
 
 async def create_chat_completion(request: Request) -> Response:

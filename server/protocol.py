@@ -16,7 +16,7 @@ from pegboard.server.errors import APIError
 from pegboard.server.schemas import (INT64_MAX, ChatBody, CompletionBody, Message, SamplingBody, invalid,
                                      validate)
 from pegboard.server.structured_outputs import grammar_request
-from pegboard.server.tool_choice import ToolPlan, tool_grammar, tool_plan
+from pegboard.plugins.tool_calling.tool_choice import ToolPlan, tool_grammar, tool_plan
 
 MAX_LOGPROBS = 20  # --max-logprobs (vLLM's default); the engine computes at most this many
 DEFAULT_MAX_PROMPTS = 128  # prompts in one /v1/completions request (--max-prompts-per-request)

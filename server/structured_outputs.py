@@ -17,8 +17,8 @@ OLDER_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice":
 
 def grammar_request(body: SamplingBody, grammars: frozenset[str]) -> dict[str, Any]:
     """``{"grammar": {"kind", "spec"}}`` for the body's one constraint, ``{}`` without one."""
-    found = [(field, StructuredOutputsParams(**{name: getattr(body, field)})) for field, name in OLDER_FIELDS.items()
-             if getattr(body, field) is not None]
+    found = [(field, StructuredOutputsParams(**{name: getattr(body, field)}))
+             for field, name in OLDER_FIELDS.items() if getattr(body, field) is not None]
     if body.structured_outputs is not None:
         found.append(("structured_outputs", StructuredOutputsParams(**body.structured_outputs.model_dump(by_alias=True))))
     if body.response_format is not None:

@@ -10,8 +10,8 @@ import pytest
 from pegboard.core.plugins import load_board
 from pegboard.core.tool_calls import ParsedToolCall
 from pegboard.plugins.hermes_tool_parser import HermesToolParser
-from pegboard.server.tool_calls import ChoiceTools, message_of
-from pegboard.server.tool_choice import ToolPlan
+from pegboard.plugins.tool_calling.choice_tools import ChoiceTools, message_of
+from pegboard.plugins.tool_calling.tool_choice import ToolPlan
 
 TOOLS = ({"type": "function", "function": {"name": "get_weather"}}, {"type": "function", "function": {"name": "f"}})
 TWO_CALLS = ('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'

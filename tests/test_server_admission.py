@@ -17,7 +17,7 @@ from pegboard.core.config import EngineConfig
 from pegboard.core.errors import InvalidParameterError
 from pegboard.core.plugins import load_board
 from pegboard.server.protocol import RequestLimits
-from pegboard.server.request_limit_flags import request_limits_from_args
+from pegboard.plugins.serve_command.server_flags import request_limits_from_args
 from tiny_server import connect, serving  # tests/tiny_server.py (conftest puts tests/ on sys.path)
 
 LONG = {"prompt": [1, 2, 3], "max_tokens": 200, "ignore_eos": True, "stream": True}

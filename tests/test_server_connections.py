@@ -22,7 +22,7 @@ from pegboard.core.config import EngineConfig
 from pegboard.core.hookspecs import hookimpl
 from pegboard.core.plugins import load_board
 from pegboard.server.app import build_app
-from pegboard.server.connection_flags import connection_limits_from_args
+from pegboard.plugins.serve_command.server_flags import connection_limits_from_args
 from pegboard.server.connection_limits import ConnectionLimits, connection_cap_for_open_file_limit
 from pegboard.server.rate_limited_log import RateLimitedLog
 from pegboard.server.uvicorn_server import serving_in_thread

@@ -12,7 +12,7 @@ import pytest
 
 from pegboard.core.errors import InvalidParameterError
 from pegboard.server.protocol import RequestLimits
-from pegboard.server.request_limit_flags import add_request_limit_arguments, request_limits_from_args
+from pegboard.plugins.serve_command.server_flags import add_request_limit_arguments, request_limits_from_args
 from tiny_server import connect, serving  # tests/tiny_server.py (conftest puts tests/ on sys.path)
 
 TEMPLATE = ("{% if greeting %}{{ greeting }}|{% endif %}{% for d in documents or [] %}<{{ d['text'] }}>{% endfor %}"

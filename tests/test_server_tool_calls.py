@@ -20,7 +20,7 @@ from pegboard.core.hookspecs import hookimpl
 from pegboard.core.plugins import load_board
 from pegboard.core.tool_calls import ParsedToolCall, ToolParse
 from pegboard.server.app import build_app
-from pegboard.server.tool_choice import required_schema
+from pegboard.plugins.tool_calling.tool_choice import required_schema
 from pegboard.server.uvicorn_server import serving_in_thread
 from tiny_server import board_with_fake_grammars
 
@@ -381,7 +381,7 @@ def test_the_auto_tool_choice_flags_go_together_and_name_a_registered_parser(fla
     import argparse
 
     from pegboard.core.errors import InvalidParameterError
-    from pegboard.server.serve import add_arguments, tool_parser_from_args
+    from pegboard.plugins.serve_command.serve import add_arguments, tool_parser_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -22,7 +22,7 @@ from pegboard.core.llm import LLM
 from pegboard.core.load_settings import load_settings, loading_with
 from pegboard.core.plugins import load_board
 from pegboard.core.sampling_params import SamplingParams
-from pegboard.server.serve import check_ssl_files, read_chat_template
+from pegboard.plugins.serve_command.serve import check_ssl_files, read_chat_template
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 TINY = dict(load_format="dummy", device="cpu", num_kv_blocks=64)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from pegboard.core.tool_calls import ParsedToolCall
-from pegboard.server.tool_calls import CallArray, ChoiceTools, message_of
-from pegboard.server.tool_choice import ToolPlan
+from pegboard.plugins.tool_calling.call_array import CallArray
+from pegboard.plugins.tool_calling.choice_tools import ChoiceTools, message_of
+from pegboard.plugins.tool_calling.tool_choice import ToolPlan
 
 ARRAY = ('[{"name": "f", "parameters": {"a": "x]}\\"", "b": [1, {}]}} , '
          '{"parameters" : {"z": null} ,"name":"g"}, {"name": "h"}]')

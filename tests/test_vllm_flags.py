@@ -19,9 +19,9 @@ from pegboard.core.load_settings import loading_with
 from pegboard.core.plugins import load_board
 from pegboard.core.settings import check_settings
 from pegboard.server.connection_limits import ConnectionLimits
-from pegboard.server.http_flags import api_key_from, cors_from_args, root_path_from_args
-from pegboard.server.refused_vllm_flags import refused_flags
-from pegboard.server.serve import server_config
+from pegboard.plugins.serve_command.server_flags import api_key_from, cors_from_args, root_path_from_args
+from pegboard.plugins.serve_command.refused_vllm_flags import refused_flags
+from pegboard.plugins.serve_command.serve import server_config
 
 BOARD = load_board()
 
@@ -361,7 +361,7 @@ def _healthy(url: str) -> bool:
 
 
 def test_vllm_variables_pegboard_does_not_read_are_named_at_start(caplog):
-    from pegboard.server.http_flags import warn_unread_vllm_variables
+    from pegboard.plugins.serve_command.server_flags import warn_unread_vllm_variables
 
     environ = {"VLLM_API_KEY": "k", "VLLM_ATTENTION_BACKEND": "FLASH_ATTN", "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
     with caplog.at_level(logging.WARNING, logger="pegboard.server"):
@@ -416,7 +416,7 @@ def test_a_port_out_of_range_is_one_line():
 @pytest.mark.parametrize("flag", refused_flags())
 def test_a_vllm_flag_of_a_missing_feature_is_refused_in_one_line_saying_why(flag, capsys):
     from pegboard.core.cli import main
-    from pegboard.server.refused_vllm_flags import REFUSED
+    from pegboard.plugins.serve_command.refused_vllm_flags import REFUSED
 
     with pytest.raises(SystemExit) as stopped:
         main(["serve", flag, "1"])

@@ -15,11 +15,12 @@ from typing import Any
 from pegboard.core.cli_args import add_engine_arguments, engine_kwargs_from_args
 from pegboard.core.config import DEFAULT_MODEL, EngineConfig
 from pegboard.core.errors import InvalidParameterError
-from pegboard.server.connection_flags import add_connection_arguments, connection_limits_from_args
-from pegboard.server.http_flags import (API_KEY_ENVS, add_http_arguments, api_key_from, cors_from_args,
-                                        root_path_from_args, warn_unread_vllm_variables)
-from pegboard.server.refused_vllm_flags import add_refused_vllm_flags
-from pegboard.server.request_limit_flags import add_request_limit_arguments, request_limits_from_args
+from pegboard.plugins.serve_command.refused_vllm_flags import add_refused_vllm_flags
+from pegboard.plugins.serve_command.server_flags import (API_KEY_ENVS, CONNECTION_FLAGS, add_flags, add_http_arguments,
+                                                         add_request_limit_arguments, api_key_from,
+                                                         connection_limits_from_args, cors_from_args,
+                                                         request_limits_from_args, require_at_least,
+                                                         root_path_from_args, warn_unread_vllm_variables)
 from pegboard.server.served_name import default_served_name
 
 logger = logging.getLogger("pegboard.server")
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shutdown-timeout", type=float, default=30.0,
                        help="seconds in-flight requests may run after SIGTERM/SIGINT; then streams end with an "
                             "error event and [DONE], other requests get 503 (default: 30)")
-    add_connection_arguments(group)
+    add_flags(group, CONNECTION_FLAGS)
     group.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the model's)")
     group.add_argument("--response-role", default="assistant",
                        help="the role of chat answers when add_generation_prompt is true (default: assistant)")
@@ -69,10 +70,8 @@ def main(args: argparse.Namespace, board: Any) -> int:
     from pegboard.server.app import build_app
     from pegboard.server.uvicorn_server import GracefulServer
 
-    for flag, value in (("--max-waiting-requests", args.max_waiting_requests),
-                        ("--shutdown-timeout", args.shutdown_timeout), ("--port", args.port)):
-        if value < 0:
-            raise InvalidParameterError(f"{flag} must be >= 0, got {value}")
+    require_at_least(0, {"--max-waiting-requests": args.max_waiting_requests,
+                         "--shutdown-timeout": args.shutdown_timeout, "--port": args.port})
     if args.port > 65535:
         raise InvalidParameterError(f"--port must be a TCP port, 0 to 65535, got {args.port}")
     limits = connection_limits_from_args(args)

@@ -11,10 +11,13 @@ leaves the output free and finds calls in it with the server's tool parser (``--
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from pegboard.core.errors import invalid
 from pegboard.core.grammar_processor import GRAMMAR_FIELD
-from pegboard.server.schemas import ChatBody, invalid
+
+if TYPE_CHECKING:
+    from pegboard.server.schemas import ChatBody
 
 NO_PARAMETERS = {"type": "object", "properties": {}}  # a function defined without parameters takes none
 Mode = Literal["none", "auto", "required", "named"]

@@ -1,4 +1,4 @@
-"""``pegboard serve [MODEL]``: the OpenAI-compatible server (``server/serve.py``), imported only when chosen."""
+"""``pegboard serve [MODEL]``: the OpenAI-compatible server (``serve.py``, the app of server/), imported when chosen."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ def register_commands(register) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pegboard.server import serve
+    from pegboard.plugins.serve_command import serve
 
     serve.add_arguments(parser)
 
 
 def run(args: argparse.Namespace, board: Board) -> int:
-    from pegboard.server import serve
+    from pegboard.plugins.serve_command import serve
 
     return serve.main(args, board)

@@ -82,6 +82,16 @@ def test_a_json_schema_accepts_its_texts_in_property_order(text, valid):
         jsonschema.validate(json.loads(text), SCHEMA)
 
 
+def test_whitespace_between_tokens_holds_at_most_one_newline():
+    schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 2,
+              "maxItems": 2}
+    pretty = json.dumps([1, 2], indent=4)  # a newline, then the indentation
+    assert accepts(schema_to_regex(schema), pretty) and accepts(schema_to_regex(schema), "[ \t1,2 ]")
+    assert not accepts(schema_to_regex(schema), "[\n\n1,2]")  # greedy SmolLM2 wrote newlines to max_tokens
+    assert not accepts(schema_to_regex(schema), "[1,\n \n2]")
+    assert not accepts(json_object_regex(), '{\n\n"a": 1}')
+
+
 @pytest.mark.parametrize("schema, yes, no", [
     ({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, ["0.5", "1", "1.000"], ["0", "0.0", "1.01", "-0.5"]),
     ({"type": "integer", "exclusiveMinimum": -3, "exclusiveMaximum": 3}, ["-2", "0", "2"], ["-3", "3", "-0"]),

@@ -3,10 +3,11 @@ grammar gets a matcher that follows its accepted tokens and masks its logits to 
 end-of-sequence token is allowed exactly when the grammar can end.
 
 Each step packs the allowed tokens of every guided row into one int32 bitmask (kernels/token_bitmask.py: bit j
-of word w allows token 32 w + j), uploads it once and masks the logits in place: a Triton kernel on CUDA, the
-torch reference elsewhere. Matchers that declare ``supports_bitmask`` fill their bitmask row themselves
-(``fill_bitmask(words)``, a [ceil(V / 32)] int32 tensor on the host), skipping the Python list of
-``allowed_token_ids()`` (core/interfaces.py: GrammarMatcher, BitmaskGrammarMatcher).
+of word w allows token 32 w + j), uploads it once and masks the logits in place: a Triton kernel on CUDA, integer
+bit operations on the CPU (kernels/cpu_token_bitmask.py), the torch reference elsewhere. Matchers that declare
+``supports_bitmask`` fill their bitmask row themselves (``fill_bitmask(words)``, a [ceil(V / 32)] int32 tensor on
+the host), skipping the Python list of ``allowed_token_ids()`` (core/interfaces.py: GrammarMatcher,
+BitmaskGrammarMatcher).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class GrammarProcessor:
         bitmask, rows = (t.pin_memory().to(logits.device, non_blocking=True) if pinned else t for t in (bitmask, rows))
         if pinned:
             from pegboard.kernels.token_bitmask import apply_token_bitmask
+        elif logits.device.type == "cpu":
+            from pegboard.kernels.cpu_token_bitmask import apply_token_bitmask_cpu as apply_token_bitmask
         else:
             from pegboard.kernels.reference import apply_token_bitmask_ref as apply_token_bitmask
         return apply_token_bitmask(logits, bitmask, rows)

@@ -37,6 +37,19 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     check(len(set(devices.values())) == 1, f"tensors on different devices: {devices}")
 
 
+def check_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> None:
+    """logits [N, V] float, bitmask [R, >= ceil(V / 32)] int32, rows [R] int64, all on one device."""
+    check(logits.dim() == 2, f"logits must be [N, V], got {tuple(logits.shape)}")
+    check_float("logits", logits)
+    check_last_dim_contiguous("logits", logits)
+    words = -(-logits.shape[1] // 32)
+    check(bitmask.dtype == torch.int32 and bitmask.dim() == 2 and bitmask.shape[1] >= words,
+          f"bitmask must be int32 [R, >= {words}], got {bitmask.dtype} {tuple(bitmask.shape)}")
+    check_last_dim_contiguous("bitmask", bitmask)
+    check(rows.dtype == torch.int64 and rows.shape == (bitmask.shape[0],), f"rows must be int64 [{bitmask.shape[0]}]")
+    check_same_device(logits=logits, bitmask=bitmask, rows=rows)
+
+
 def check_int32_vector(name: str, t: torch.Tensor, length: int) -> None:
     """t is a contiguous int32 [length] tensor."""
     check(t.dtype == torch.int32 and t.shape == (length,) and t.is_contiguous(),

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pegboard.kernels._utils import check, check_float, check_last_dim_contiguous, check_same_device
+from pegboard.kernels._utils import check_token_bitmask
 from pegboard.kernels.reference import apply_token_bitmask_ref  # noqa: F401  (the reference, beside the kernel)
 
 BLOCK = 1024  # tokens per program (a multiple of 32)
@@ -32,15 +32,7 @@ def _apply_token_bitmask_kernel(logits_ptr, bitmask_ptr, rows_ptr, stride_l, str
 def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """In place: -inf for every token of logits row rows[i] whose bit in bitmask row i is 0; returns logits."""
     # logits: [N, V] float; bitmask: [R, ceil(V / 32)] int32; rows: [R] int64, distinct
-    check(logits.dim() == 2, f"logits must be [N, V], got {tuple(logits.shape)}")
-    check_float("logits", logits)
-    check_last_dim_contiguous("logits", logits)
-    words = -(-logits.shape[1] // 32)
-    check(bitmask.dtype == torch.int32 and bitmask.dim() == 2 and bitmask.shape[1] >= words,
-          f"bitmask must be int32 [R, >= {words}], got {bitmask.dtype} {tuple(bitmask.shape)}")
-    check_last_dim_contiguous("bitmask", bitmask)
-    check(rows.dtype == torch.int64 and rows.shape == (bitmask.shape[0],), f"rows must be int64 [{bitmask.shape[0]}]")
-    check_same_device(logits=logits, bitmask=bitmask, rows=rows)
+    check_token_bitmask(logits, bitmask, rows)
     if rows.numel() == 0:
         return logits
     _apply_token_bitmask_kernel[(rows.numel(), triton.cdiv(logits.shape[1], BLOCK))](

@@ -82,6 +82,17 @@ def test_a_json_schema_accepts_its_texts_in_property_order(text, valid):
         jsonschema.validate(json.loads(text), SCHEMA)
 
 
+def test_whitespace_between_tokens_is_a_bounded_run():
+    schema = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 2,
+              "maxItems": 2}
+    for pretty in (json.dumps([1, 2], indent=4), json.dumps({"a": {"b": [1]}}, indent=4), "[ \t1,2 ]"):
+        assert accepts(schema_to_regex(schema) if pretty[0] == "[" else json_object_regex(), pretty), pretty
+    # greedy SmolLM2 wrote "[" then newlines, and then tabs, to max_tokens when these were allowed
+    for endless in ("[\n\n1,2]", "[\n" + "\t" * 13 + "1,2]", "[   1,2]", "[1,\n \n2]"):
+        assert not accepts(schema_to_regex(schema), endless), endless
+    assert not accepts(json_object_regex(), '{\n\n"a": 1}')
+
+
 @pytest.mark.parametrize("schema, yes, no", [
     ({"type": "number", "exclusiveMinimum": 0, "maximum": 1}, ["0.5", "1", "1.000"], ["0", "0.0", "1.01", "-0.5"]),
     ({"type": "integer", "exclusiveMinimum": -3, "exclusiveMaximum": 3}, ["-2", "0", "2"], ["-3", "3", "-0"]),

@@ -6,8 +6,9 @@ Each step packs the allowed tokens of every guided row into one int32 bitmask (k
 of word w allows token 32 w + j), uploads it once and masks the logits in place: a Triton kernel on CUDA, integer
 bit operations on the CPU (kernels/cpu_token_bitmask.py), the torch reference elsewhere. Matchers that declare
 ``supports_bitmask`` fill their bitmask row themselves (``fill_bitmask(words)``, a [ceil(V / 32)] int32 tensor on
-the host), skipping the Python list of ``allowed_token_ids()`` (core/interfaces.py: GrammarMatcher,
-BitmaskGrammarMatcher).
+the host), skipping the Python list of ``allowed_token_ids()``; those that declare ``supports_mask_table`` hand
+over a row of a table that every matcher of one compiled grammar shares, and a step gathers all such rows with one
+indexing op per table (core/interfaces.py: GrammarMatcher, BitmaskGrammarMatcher, TableGrammarMatcher).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence, cast
 
 from pegboard.core.errors import InvalidParameterError
-from pegboard.core.interfaces import BitmaskGrammarMatcher, GrammarMatcher, require
+from pegboard.core.interfaces import BitmaskGrammarMatcher, GrammarMatcher, TableGrammarMatcher, require
 from pegboard.core.sampling_params import SamplingParams
 from pegboard.core.structured_outputs_config import registered_name
 
@@ -94,9 +95,26 @@ class GrammarProcessor:
         guided = [(row, rid) for row, rid in enumerate(request_ids) if rid in self.matchers]
         if not guided:
             return logits
-        bitmask = torch.zeros(len(guided), -(-logits.shape[1] // 32), dtype=torch.int32)
+        eos_at: list[tuple[int, int]] = []  # (bitmask row, EOS id) of the rows whose grammar can end now
+        vocab_size = logits.shape[1]
+        bitmask = torch.zeros(len(guided), -(-vocab_size // 32), dtype=torch.int32)
+        tables: dict[int, tuple[Any, list[int], list[int]]] = {}  # id(table) -> (table, bitmask rows, table rows)
         for i, (_, request_id) in enumerate(guided):
-            self._fill(bitmask[i], request_id, logits.shape[1])
+            matcher = self.matchers[request_id]
+            if getattr(matcher, "supports_mask_table", False):  # checked when compiled: a TableGrammarMatcher
+                table, state = cast(TableGrammarMatcher, matcher).mask_row()
+                _, at, states = tables.setdefault(id(table), (table, [], []))
+                at.append(i)
+                states.append(state)
+            else:
+                self._fill(bitmask[i], matcher)
+            eos = self.eos_token_id(request_id)
+            if eos is not None and eos < vocab_size and matcher.is_finished():
+                eos_at.append((i, eos))
+        for table, at, states in tables.values():  # one gather per compiled grammar, not one copy per row
+            bitmask[at] = table[states]
+        for i, eos in eos_at:  # after the gathers, which overwrite whole rows
+            bitmask[i, eos // 32] |= _bit(eos % 32)
         rows = torch.tensor([row for row, _ in guided], dtype=torch.long)
         pinned = logits.device.type == "cuda"
         bitmask, rows = (t.pin_memory().to(logits.device, non_blocking=True) if pinned else t for t in (bitmask, rows))
@@ -108,20 +126,17 @@ class GrammarProcessor:
             from pegboard.kernels.reference import apply_token_bitmask_ref as apply_token_bitmask
         return apply_token_bitmask(logits, bitmask, rows)
 
-    def _fill(self, words, request_id: str, vocab_size: int) -> None:
-        """Set the bits of the tokens the request's grammar allows now (EOS once it can end)."""
+    @staticmethod
+    def _fill(words, matcher: GrammarMatcher) -> None:
+        """Set the bits of the tokens the matcher's grammar allows now (EOS is the caller's)."""
         import torch
 
-        matcher = self.matchers[request_id]
         if matcher.supports_bitmask:  # checked when compiled: a BitmaskGrammarMatcher
             cast(BitmaskGrammarMatcher, matcher).fill_bitmask(words)
         else:
             allowed = torch.zeros(words.numel() * 32, dtype=torch.bool)
             allowed[list(matcher.allowed_token_ids())] = True
             words.copy_(pack_bits(allowed))
-        eos = self.eos_token_id(request_id)
-        if eos is not None and eos < vocab_size and matcher.is_finished():
-            words[eos // 32] |= _bit(eos % 32)
 
 
 def pack_bits(allowed) -> "torch.Tensor":

@@ -144,6 +144,15 @@ class BitmaskGrammarMatcher(GrammarMatcher, Protocol):
 
 
 @runtime_checkable
+class TableGrammarMatcher(BitmaskGrammarMatcher, Protocol):
+    """A bitmask matcher that declares ``supports_mask_table``: its rows are rows of one table that matchers of
+    the same compiled grammar share, so a step gathers all their rows in one indexing op."""
+
+    def mask_row(self) -> tuple[torch.Tensor, int]:
+        """(the [S, ceil(V / 32)] int32 table on the host, the row of the current state)."""
+
+
+@runtime_checkable
 class Grammar(Protocol):
     """Guided decoding of one kind (``json_schema``, ``regex``, ...); registered as an instance."""
 
@@ -230,6 +239,7 @@ CAPABILITIES: dict[str, str] = {
     "supports_launch": "pegboard.core.interfaces:LaunchingExecutor",
     "supports_cuda_graphs": "pegboard.core.attention:CudaGraphAttentionBackend",
     "supports_bitmask": "pegboard.core.interfaces:BitmaskGrammarMatcher",
+    "supports_mask_table": "pegboard.core.interfaces:TableGrammarMatcher",
 }
 
 

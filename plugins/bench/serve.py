@@ -221,6 +221,10 @@ def served_model(base_url: str, api_key: str | None) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        import httpx2  # noqa: F401 (the client's HTTP library: checked before any work)
+    except ImportError:
+        raise SystemExit("bench serve needs httpx2: pip install 'pegboard[server]'") from None
     metrics, percentiles = selected_report(args)
     base_url, endpoint = server_url(args)
     model = args.model or served_model(base_url, args.api_key)

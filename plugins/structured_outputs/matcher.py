@@ -24,6 +24,7 @@ class DFAMatcher:
     """Follows one request through a CompiledGrammar: a state number, a row of masks per step."""
 
     supports_bitmask = True
+    supports_mask_table = True  # a step gathers the rows of every matcher of one CompiledGrammar at once
 
     def __init__(self, compiled: CompiledGrammar) -> None:
         self.compiled = compiled
@@ -31,6 +32,9 @@ class DFAMatcher:
 
     def fill_bitmask(self, words) -> None:
         words.copy_(self.compiled.masks[self.state])
+
+    def mask_row(self) -> tuple[Any, int]:
+        return self.compiled.masks, self.state
 
     def allowed_token_ids(self) -> Sequence[int]:
         from pegboard.kernels.reference import unpack_token_bitmask

@@ -1,0 +1,105 @@
+"""GrammarProcessor.apply: one step's masks, whichever way each matcher hands over its allowed tokens (a list, its
+own bitmask row, a row of a table shared by one compiled grammar), with EOS allowed exactly where a grammar can end."""
+
+from __future__ import annotations
+
+import torch
+
+from pegboard.core.grammar_processor import GrammarProcessor, pack_bits
+from pegboard.core.sampling_params import SamplingParams
+
+VOCAB, EOS = 70, 2
+
+
+class ListMatcher:
+    """Allows a fixed token list."""
+
+    supports_bitmask = False
+
+    def __init__(self, allowed: list[int], finished: bool = False) -> None:
+        self.allowed, self.finished = allowed, finished
+
+    def allowed_token_ids(self) -> list[int]:
+        return self.allowed
+
+    def accept(self, token_id: int) -> None:
+        pass
+
+    def is_finished(self) -> bool:
+        return self.finished
+
+
+class RowMatcher(ListMatcher):
+    """Writes its own bitmask row."""
+
+    supports_bitmask = True
+
+    def fill_bitmask(self, words: torch.Tensor) -> None:
+        words.copy_(bits(self.allowed))
+
+
+class TableMatcher(RowMatcher):
+    """Hands over a row of a table that other matchers share."""
+
+    supports_mask_table = True
+
+    def __init__(self, table: torch.Tensor, state: int, allowed: list[int], finished: bool = False) -> None:
+        super().__init__(allowed, finished)
+        self.table, self.state = table, state
+
+    def mask_row(self) -> tuple[torch.Tensor, int]:
+        return self.table, self.state
+
+
+def bits(allowed: list[int]) -> torch.Tensor:
+    row = torch.zeros(-(-VOCAB // 32) * 32, dtype=torch.bool)
+    row[allowed] = True
+    return pack_bits(row)
+
+
+class Grammars:
+    """A registry of one grammar kind whose compile hands out prepared matchers in order."""
+
+    owners = {"fake": "test"}
+
+    def __init__(self, matchers: list) -> None:
+        self.matchers = iter(matchers)
+
+    def __contains__(self, name: str) -> bool:
+        return name == "fake"
+
+    def names(self) -> list[str]:
+        return ["fake"]
+
+    def get(self, name: str):
+        return self
+
+    def compile(self, spec, *, vocab_size: int, tokenizer=None):
+        return next(self.matchers)
+
+
+def test_every_kind_of_matcher_masks_its_own_row_and_eos_follows_is_finished():
+    states = [[5, 6, 7], [8, 9], [10, 11, 12, 40], [60, 69]]  # the allowed tokens of each table row
+    table_a = torch.stack([bits(s) for s in states])
+    table_b = torch.stack([bits([33, 34]), bits([35])])
+    matchers = {
+        "free1": None,
+        "a0": TableMatcher(table_a, 2, states[2]),
+        "list": ListMatcher([3, 4], finished=True),
+        "a1": TableMatcher(table_a, 0, states[0], finished=True),
+        "free2": None,
+        "b": TableMatcher(table_b, 1, [35]),
+        "row": RowMatcher([50, 51], finished=True),
+        "a2": TableMatcher(table_a, 2, states[2]),
+        "a3": TableMatcher(table_a, 3, states[3], finished=True),
+    }
+    guided = {rid: m for rid, m in matchers.items() if m is not None}
+    processor = GrammarProcessor(Grammars(list(guided.values())), vocab_size=VOCAB, device=torch.device("cpu"),
+                                 eos_token_id=lambda rid: EOS)
+    for rid in matchers:
+        params = SamplingParams(extra={"grammar": {"kind": "fake", "spec": {}}}) if rid in guided else SamplingParams()
+        assert processor.add_request(rid, params, [1]) == (rid in guided)
+    logits = processor.apply(torch.zeros(len(matchers), VOCAB), list(matchers))
+    for row, (rid, matcher) in enumerate(matchers.items()):
+        allowed = set(range(VOCAB)) if matcher is None else set(matcher.allowed) | ({EOS} if matcher.finished else set())
+        assert set(torch.isfinite(logits[row]).nonzero()[:, 0].tolist()) == allowed, rid

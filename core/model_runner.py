@@ -19,6 +19,7 @@ from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
 from pegboard.core.profile_run import activation_peak
+from pegboard.kernels.compile_watch import watch_triton_compiles
 from pegboard.core.grammar_processor import GrammarProcessor
 from pegboard.core.interfaces import Sampler
 from pegboard.core.logits_processors import LogitsProcessors
@@ -121,6 +122,7 @@ class ModelRunner:
             return board.attention_backends.build(backend_name, spec, num_heads=attn.num_heads,
                                                   scale=attn.head_dim ** -0.5, device=self.device)
 
+        watch = watch_triton_compiles() if self.device.type == "cuda" else None
         self.kv_spec = self._kv_cache_spec(make_backend)
         self.attention = make_backend(self.kv_spec)
         self.decode_graphs = None
@@ -135,6 +137,8 @@ class ModelRunner:
                 num_kv_heads=self.kv_spec.num_kv_heads, head_dim=self.kv_spec.head_dim, dtype=self.kv_spec.dtype,
                 device=self.device)
             self.prefill_graphs.capture()
+        if watch is not None:
+            watch.warmed_up = True  # from here on, a Triton compile is a step's stall: logged
         self.batch = BatchState()
         self._previous_samples = torch.zeros(0, dtype=torch.long, device=self.device)  # the last step's tokens
         self._previous_sample_rows: dict[str, int] = {}  # request id -> its (last) row in _previous_samples

@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+ALIGN_BYTES = 16  # every view's start: the alignment Triton specializes pointer arguments on
+
 
 def padded_rows(rows: list[list[int]], width: int, dtype: type = np.int64) -> np.ndarray:
     """``rows`` as a [len(rows), width] array, each row zero-padded at its end (no per-element Python loop)."""
@@ -21,6 +23,10 @@ def padded_rows(rows: list[list[int]], width: int, dtype: type = np.int64) -> np
 class HostStaging:
     """Packs several int lists (or arrays) into one tensor and copies it to the device in one transfer.
 
+    Every view starts on a 16-byte boundary: Triton compiles a kernel once per pointer alignment it meets
+    (16-byte aligned or not), so views at offsets that follow the step's sizes would compile new variants in
+    the middle of serving.
+
     The values are written straight into the packed host tensor by numpy (torch.tensor of a Python list is
     several times slower). On CUDA the packed tensor lives in pinned memory from torch's caching host
     allocator, which keeps a buffer out of reuse until the copy that reads it has finished: with the next step
@@ -32,15 +38,19 @@ class HostStaging:
         self.device = device
         self.dtype = dtype
         self._pinned = device.type == "cuda"
+        self._align = max(1, ALIGN_BYTES // torch.empty((), dtype=dtype).element_size())  # elements per 16 bytes
 
     def upload(self, *values: Sequence[int] | np.ndarray) -> list[torch.Tensor]:
         """The lists (arrays: flattened) as device tensors (views of one packed tensor)."""
         sizes = [v.size if isinstance(v, np.ndarray) else len(v) for v in values]
-        flat = torch.empty(sum(sizes), dtype=self.dtype, pin_memory=self._pinned)
-        host, offset = flat.numpy(), 0
-        for v, size in zip(values, sizes):
+        starts, end = [], 0
+        for size in sizes:
+            starts.append(end)
+            end += -(-size // self._align) * self._align
+        flat = torch.empty(end, dtype=self.dtype, pin_memory=self._pinned)
+        host = flat.numpy()
+        for v, size, start in zip(values, sizes, starts):
             if size:
-                host[offset:offset + size] = v.reshape(-1) if isinstance(v, np.ndarray) else v
-                offset += size
+                host[start:start + size] = v.reshape(-1) if isinstance(v, np.ndarray) else v
         packed = flat.to(self.device, non_blocking=True) if self._pinned else flat
-        return list(packed.split(sizes))
+        return [packed[start:start + size] for start, size in zip(starts, sizes)]

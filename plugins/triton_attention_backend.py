@@ -72,12 +72,16 @@ class TritonAttentionBackend:
         for n in layout.query_lens:
             starts.append(starts[-1] + n)
         decodes = _leading_decodes(layout.query_lens) if layout.max_query_len > 1 else 0
-        context_lens, query_start_loc, prefill_starts, flat_tables = self._staging.upload(
-            layout.context_lens, starts, [s - decodes for s in starts[decodes:]] if decodes else [],
-            tables)
+        # The prefill rows' lengths and tables get segments of their own: a slice at row `decodes` would start
+        # at an unaligned address in some steps, and Triton would compile the kernel again for it.
+        context_lens, query_start_loc, prefill_starts, flat_tables, prefill_lens, prefill_tables = (
+            self._staging.upload(layout.context_lens, starts, [s - decodes for s in starts[decodes:]] if decodes
+                                 else [], tables, layout.context_lens[decodes:] if decodes else [],
+                                 tables[decodes:] if decodes else tables[:0]))
         block_tables = flat_tables.view(len(tables), width)
-        split = DecodePrefillSplit(decodes, block_tables[:decodes], context_lens[:decodes], block_tables[decodes:],
-                                   context_lens[decodes:], prefill_starts) if decodes else None
+        split = DecodePrefillSplit(decodes, block_tables[:decodes], context_lens[:decodes],
+                                   prefill_tables.view(len(tables) - decodes, width), prefill_lens,
+                                   prefill_starts) if decodes else None
         return TritonAttentionMetadata(
             slot_mapping=layout.slot_mapping, context_lens=context_lens, query_start_loc=query_start_loc,
             block_tables=block_tables, max_query_len=layout.max_query_len, split=split)

@@ -95,9 +95,11 @@ class GrammarProcessor:
         guided = [(row, rid) for row, rid in enumerate(request_ids) if rid in self.matchers]
         if not guided:
             return logits
-        eos_at: list[tuple[int, int]] = []  # (bitmask row, EOS id) of the rows whose grammar can end now
         vocab_size = logits.shape[1]
-        bitmask = torch.zeros(len(guided), -(-vocab_size // 32), dtype=torch.int32)
+        eos_rows: list[int] = []  # bitmask rows whose grammar can end now, and their EOS ids
+        eos_ids: list[int] = []
+        pinned = logits.device.type == "cuda"  # built in pinned memory: uploaded without another host copy
+        bitmask = torch.empty(len(guided), -(-vocab_size // 32), dtype=torch.int32, pin_memory=pinned)
         tables: dict[int, tuple[Any, list[int], list[int]]] = {}  # id(table) -> (table, bitmask rows, table rows)
         for i, (_, request_id) in enumerate(guided):
             matcher = self.matchers[request_id]
@@ -107,18 +109,24 @@ class GrammarProcessor:
                 at.append(i)
                 states.append(state)
             else:
+                bitmask[i].zero_()
                 self._fill(bitmask[i], matcher)
             eos = self.eos_token_id(request_id)
             if eos is not None and eos < vocab_size and matcher.is_finished():
-                eos_at.append((i, eos))
+                eos_rows.append(i)
+                eos_ids.append(eos)
         for table, at, states in tables.values():  # one gather per compiled grammar, not one copy per row
-            bitmask[at] = table[states]
-        for i, eos in eos_at:  # after the gathers, which overwrite whole rows
-            bitmask[i, eos // 32] |= _bit(eos % 32)
-        rows = torch.tensor([row for row, _ in guided], dtype=torch.long)
-        pinned = logits.device.type == "cuda"
-        bitmask, rows = (t.pin_memory().to(logits.device, non_blocking=True) if pinned else t for t in (bitmask, rows))
+            if len(at) == len(guided):  # every row from one grammar (a batch of one schema): gathered in place
+                torch.index_select(table, 0, torch.tensor(states), out=bitmask)
+            else:
+                bitmask[at] = table[states]
+        if eos_rows:  # after the gathers, which overwrite whole rows
+            at, eos_t = torch.tensor(eos_rows), torch.tensor(eos_ids)
+            words = eos_t // 32
+            bitmask[at, words] |= torch.bitwise_left_shift(torch.ones_like(eos_t), eos_t % 32).to(torch.int32)
+        rows = torch.tensor([row for row, _ in guided], dtype=torch.long, pin_memory=pinned)
         if pinned:
+            bitmask, rows = bitmask.to(logits.device, non_blocking=True), rows.to(logits.device, non_blocking=True)
             from pegboard.kernels.token_bitmask import apply_token_bitmask
         elif logits.device.type == "cpu":
             from pegboard.kernels.cpu_token_bitmask import apply_token_bitmask_cpu as apply_token_bitmask
@@ -146,7 +154,3 @@ def pack_bits(allowed) -> "torch.Tensor":
     weights = torch.tensor([1 << j for j in range(32)], dtype=torch.int64)
     return (allowed.view(-1, 32).long() * weights).sum(-1).to(torch.int32)
 
-
-def _bit(j: int) -> int:
-    """Bit j of an int32 word, as a Python int torch accepts (bit 31 is the sign)."""
-    return (1 << j) - (1 << 32 if j == 31 else 0)

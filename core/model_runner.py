@@ -138,6 +138,7 @@ class ModelRunner:
                 device=self.device)
             self.prefill_graphs.capture()
         if watch is not None:
+            _warm_token_bitmask(self.vocab_size, self.device)  # a first guided request then compiles nothing
             watch.warmed_up = True  # from here on, a Triton compile is a step's stall: logged
         self.batch = BatchState()
         self._previous_samples = torch.zeros(0, dtype=torch.long, device=self.device)  # the last step's tokens
@@ -422,3 +423,12 @@ def _zip_logprobs(ids: list[list[int]], values: list[list[float]], ranks: list[i
         rows.append(((row_ids[0], row_values[0], rank),)
                     + tuple((t, v, i + 1) for i, (t, v) in enumerate(zip(row_ids[1:], row_values[1:]))))
     return rows
+
+
+def _warm_token_bitmask(vocab_size: int, device: torch.device) -> None:
+    """Compile the guided-decoding mask kernel for this vocabulary's float32 logits."""
+    from pegboard.kernels.token_bitmask import apply_token_bitmask
+
+    apply_token_bitmask(torch.zeros(1, vocab_size, device=device),
+                        torch.full((1, -(-vocab_size // 32)), -1, dtype=torch.int32, device=device),
+                        torch.zeros(1, dtype=torch.long, device=device))

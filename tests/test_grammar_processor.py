@@ -103,3 +103,18 @@ def test_every_kind_of_matcher_masks_its_own_row_and_eos_follows_is_finished():
     for row, (rid, matcher) in enumerate(matchers.items()):
         allowed = set(range(VOCAB)) if matcher is None else set(matcher.allowed) | ({EOS} if matcher.finished else set())
         assert set(torch.isfinite(logits[row]).nonzero()[:, 0].tolist()) == allowed, rid
+
+
+def test_a_batch_of_one_grammar_gathers_its_rows_and_eos_may_be_any_bit_of_a_word():
+    eos = 63  # bit 31 of word 1: the sign bit of an int32 word
+    states = [[5, 6], [40], [62]]
+    table = torch.stack([bits(s) for s in states])
+    matchers = {f"r{i}": TableMatcher(table, i % 3, states[i % 3], finished=i % 2 == 0) for i in range(5)}
+    processor = GrammarProcessor(Grammars(list(matchers.values())), vocab_size=VOCAB, device=torch.device("cpu"),
+                                 eos_token_id=lambda rid: eos)
+    for rid in matchers:
+        processor.add_request(rid, SamplingParams(extra={"grammar": {"kind": "fake", "spec": {}}}), [1])
+    logits = processor.apply(torch.zeros(len(matchers), VOCAB), list(matchers))
+    for row, (rid, matcher) in enumerate(matchers.items()):
+        allowed = set(matcher.allowed) | ({eos} if matcher.finished else set())
+        assert set(torch.isfinite(logits[row]).nonzero()[:, 0].tolist()) == allowed, rid

@@ -250,3 +250,31 @@ def test_a_spec_compiled_by_two_threads_at_once_is_compiled_once():
     for thread in threads:
         thread.join()
     assert calls == [1] and cache.get_or_make("spec", make) == "compiled"
+
+
+def test_a_spec_that_fails_to_compile_fails_each_time_and_leaves_nothing_behind():
+    from pegboard.plugins.structured_outputs.grammars import _LRU
+
+    cache = _LRU(4)
+
+    def fail():
+        raise ValueError("unsatisfiable")
+
+    for _ in range(3):
+        with pytest.raises(ValueError, match="unsatisfiable"):
+            cache.get_or_make("bad", fail)
+    assert cache._making == {} and cache.get_or_make("bad", lambda: "fixed") == "fixed"
+
+
+def test_a_schema_is_converted_once_however_many_requests_carry_it(monkeypatch):
+    from pegboard.plugins.structured_outputs import grammars
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 7}}}
+    calls = []
+    grammar = grammars.JsonSchemaGrammar()
+    real = grammar.to_regex
+    monkeypatch.setattr(grammar, "to_regex", lambda spec: calls.append(1) or real(spec))
+    for _ in range(5):
+        grammar.validate(schema)
+    grammar.dfa(schema)
+    assert calls == [1]

@@ -31,7 +31,12 @@ class _LRU:
             with self._lock:
                 if key in self._items:
                     return self._items[key]
-            value = make()
+            try:
+                value = make()
+            except BaseException:
+                with self._lock:
+                    self._making.pop(key, None)  # a spec that fails leaves nothing behind
+                raise
             with self._lock:
                 self._items[key] = value
                 self._making.pop(key, None)
@@ -40,6 +45,7 @@ class _LRU:
         return value
 
 
+_regexes = _LRU(CACHE_SIZE)  # a spec's regex tree: validated once, not once per request
 _dfas = _LRU(CACHE_SIZE)
 _compiled = _LRU(CACHE_SIZE)
 
@@ -62,15 +68,25 @@ class RegularGrammar:
 
     def validate(self, spec: Any) -> None:
         """Raise InvalidParameterError naming what is wrong with ``spec`` (no DFA, no tokenizer: cheap)."""
-        if ra.is_nothing(self.to_regex(spec)):
+        self.regex(spec)
+
+    def regex(self, spec: Any) -> ra.Node:
+        """``spec``'s satisfiable regex tree, made once per spec (a 256-request batch of one schema converts it
+        once; a spec that fails is not cached and fails again the same way)."""
+        return _regexes.get_or_make(_key(self.kind, spec), lambda: self._satisfiable_regex(spec))
+
+    def _satisfiable_regex(self, spec: Any) -> ra.Node:
+        regex = self.to_regex(spec)
+        if ra.is_nothing(regex):
             raise InvalidParameterError(f"the {self.kind} constraint matches no output (unsatisfiable)",
                                         param=self.kind)
+        return regex
 
     def dfa(self, spec: Any):
         from pegboard.plugins.structured_outputs.dfa import compile_dfa
 
         return _dfas.get_or_make(_key(self.kind, spec),
-                                 lambda: compile_dfa(self.to_regex(spec), what=f"the {self.kind} constraint"))
+                                 lambda: compile_dfa(self.regex(spec), what=f"the {self.kind} constraint"))
 
     def compile(self, spec: Any, *, vocab_size: int, tokenizer: Any = None):
         """A matcher for one request (the DFA and its masks are built once per spec and tokenizer, then cached)."""

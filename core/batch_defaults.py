@@ -12,7 +12,7 @@ CPU_MAX_NUM_BATCHED_TOKENS = 256  # measured: docs/benchmarks.md, "Prefill chunk
 
 def default_max_num_batched_tokens(device: str, max_model_len: int) -> int:
     """Tokens per step for ``device`` (an EngineConfig.device value) when none were asked for."""
-    from pegboard.core.model_runner import resolve_device  # imports torch: only engines that run a model need it
+    from pegboard.core.devices import resolve_device  # imports torch: only engines that run a model need it
 
     if resolve_device(device).type == "cpu":
         return CPU_MAX_NUM_BATCHED_TOKENS

@@ -121,9 +121,7 @@ class GrammarProcessor:
             else:
                 bitmask[at] = table[states]
         if eos_rows:  # after the gathers, which overwrite whole rows
-            at, eos_t = torch.tensor(eos_rows), torch.tensor(eos_ids)
-            words = eos_t // 32
-            bitmask[at, words] |= torch.bitwise_left_shift(torch.ones_like(eos_t), eos_t % 32).to(torch.int32)
+            set_token_bits(bitmask, eos_rows, eos_ids)
         rows = torch.tensor([row for row, _ in guided], dtype=torch.long, pin_memory=pinned)
         if pinned:
             bitmask, rows = bitmask.to(logits.device, non_blocking=True), rows.to(logits.device, non_blocking=True)
@@ -154,3 +152,12 @@ def pack_bits(allowed) -> "torch.Tensor":
     weights = torch.tensor([1 << j for j in range(32)], dtype=torch.int64)
     return (allowed.view(-1, 32).long() * weights).sum(-1).to(torch.int32)
 
+
+def set_token_bits(bitmask, rows: list[int], token_ids: list[int]) -> None:
+    """In place: allow token_ids[i] in bitmask row rows[i] (one op for all; bit 31 is the int32 sign bit)."""
+    import torch
+
+    tokens = torch.tensor(token_ids)
+    bits = torch.bitwise_left_shift(torch.ones_like(tokens), tokens % 32).to(torch.int32)  # 1 << 31 wraps to the sign
+    at = (torch.tensor(rows), tokens // 32)
+    bitmask[at] |= bits

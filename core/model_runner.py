@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any, Callable
@@ -29,49 +28,12 @@ from pegboard.core.worker_state import BatchState, CachedRequestState
 from pegboard.core.staging import HostStaging, padded_rows
 from pegboard.core.structured_outputs_config import structured_outputs_backend
 from pegboard.core.tokenizer_loading import shared_tokenizer
-from pegboard.core.weight_loading import process_weights_after_loading
+from pegboard.core.devices import resolve_device, resolve_dtype
+from pegboard.core.weight_loading import empty_parameters, process_weights_after_loading
 
 logger = logging.getLogger("pegboard.runner")
 
-_DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
-           "float16": torch.float16, "half": torch.float16}
 CPU_KV_CACHE_GB = 4.0
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidParameterError("device 'cuda' was asked for but no CUDA device is available", param="device")
-    return device
-
-
-def resolve_dtype(name: str, hf_config: Any, device: torch.device) -> torch.dtype:
-    """``auto`` -> float32 on CPU; on GPU the checkpoint's half type (bfloat16 for float32 checkpoints)."""
-    if name != "auto":
-        return _DTYPES[name]
-    if device.type == "cpu":
-        return torch.float32
-    stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
-    return torch.float16 if stored in (torch.float16, "float16") else torch.bfloat16
-
-
-@contextlib.contextmanager
-def _empty_parameters(dtype: torch.dtype):
-    """Build modules in ``dtype`` without random initialisation (the loader fills every parameter)."""
-    default_dtype = torch.get_default_dtype()
-    saved = {cls: cls.reset_parameters for cls in (torch.nn.Linear, torch.nn.Embedding)}
-    torch.set_default_dtype(dtype)
-    for cls in saved:
-        cls.reset_parameters = lambda self: None
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(default_dtype)
-        for cls, reset in saved.items():
-            cls.reset_parameters = reset
 
 
 class ModelRunner:
@@ -98,7 +60,7 @@ class ModelRunner:
         scheme = board.quantization_schemes.build(config.quantization or "none", hf_config)
         layers = LayerFactory(scheme=scheme, dtype=self.dtype)
         started = time.perf_counter()
-        with _empty_parameters(self.dtype), torch.device(self.device), building_with(layers):
+        with empty_parameters(self.dtype), torch.device(self.device), building_with(layers):
             self.model = board.model_architectures.build(architecture, hf_config, max_positions=max_model_len)
         with torch.no_grad():
             loader.load_weights(self.model, files, hf_config)

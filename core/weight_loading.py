@@ -4,6 +4,7 @@ checkpoint tensors that are shards of a packed parameter), each tensor copied by
 
 from __future__ import annotations
 
+import contextlib
 from typing import Hashable, Iterable, Mapping
 
 import torch
@@ -69,3 +70,19 @@ def process_weights_after_loading(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, LinearBase):
             module.scheme.process_weights_after_loading(module)
+
+
+@contextlib.contextmanager
+def empty_parameters(dtype: torch.dtype):
+    """Build modules in ``dtype`` without random initialisation (the loader fills every parameter)."""
+    default_dtype = torch.get_default_dtype()
+    saved = {cls: cls.reset_parameters for cls in (torch.nn.Linear, torch.nn.Embedding)}
+    torch.set_default_dtype(dtype)
+    for cls in saved:
+        cls.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(default_dtype)
+        for cls, reset in saved.items():
+            cls.reset_parameters = reset

@@ -1,8 +1,8 @@
 """The two POST routes' requests: a JSON body in (schemas.py checks its types), a CompletionRequest or ChatRequest
 with SamplingParams out, checked against the served model and the server's limits.
 
-Every field vLLM takes is honoured or, when its feature is missing, a 400 naming it (REFUSED); unknown fields are
-ignored, as in vLLM (tests/test_server_vllm_fields.py walks vLLM's list).
+Every field vLLM takes is honoured or, when its feature is missing, a 400 naming it (REFUSED); an unknown top-level
+field is a 400 naming it too, where vLLM ignores it (tests/test_server_vllm_fields.py walks vLLM's list).
 """
 
 from __future__ import annotations

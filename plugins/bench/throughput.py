@@ -89,7 +89,7 @@ class ModelInfo:
 
 
 def model_info(files: Any, hf_config: Any, tokenizer: Any, config: Any) -> ModelInfo:
-    from pegboard.core.model_runner import resolve_device, resolve_dtype
+    from pegboard.core.devices import resolve_device, resolve_dtype
 
     device = resolve_device(config.device)
     return ModelInfo(files, hf_config, tokenizer, resolve_dtype(config.dtype, hf_config, device), device)

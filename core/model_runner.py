@@ -85,6 +85,8 @@ class ModelRunner:
                                                   scale=attn.head_dim ** -0.5, device=self.device)
 
         watch = watch_triton_compiles() if self.device.type == "cuda" else None
+        if watch is not None:
+            watch.warmed_up = False  # this engine's warm-up compiles are expected (a second engine in a process too)
         self.kv_spec = self._kv_cache_spec(make_backend)
         self.attention = make_backend(self.kv_spec)
         self.decode_graphs = None

@@ -148,5 +148,11 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
         from pegboard.kernels.cpu_build import compiled_ops
 
         rotary.fused_qk = compiled_ops().rotary_qk_
+    norms = [m for m in model.modules() if hasattr(m, "fused_add_norm")]
+    if norms:  # the packed path is not bit-equal to the exact one anyway: one C++ pass per norm
+        from pegboard.kernels.cpu_build import compiled_ops
+
+        for norm in norms:
+            norm.fused_add_norm = compiled_ops().add_rms_norm
     logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows)", total / 1e6, max_rows)
     return total

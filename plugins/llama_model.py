@@ -39,10 +39,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.fused_add_norm = None  # the packed CPU path's one-pass C++ op (core/cpu_weights.py); not bit-equal
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         if x.is_cuda:
             return _fused_kernels().rms_norm(x, self.weight, eps=self.eps, residual=residual)
+        if self.fused_add_norm is not None and x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
+            return tuple(self.fused_add_norm(x, residual, self.weight, self.eps))
         if residual is not None:
             x = x + residual
         residual = x

@@ -104,6 +104,7 @@ def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.
 
 
 def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]], max_rows: int) -> int:
+    from pegboard.kernels.cpu_build import compiled_ops
     from pegboard.kernels.cpu_gguf_matmul import concat_packed, pack_gguf_rows
 
     mapping = getattr(model, "packed_modules_mapping", {})
@@ -145,14 +146,9 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
         total += weight.nbytes()
     rotary = getattr(model, "rotary", None)
     if rotary is not None and hasattr(rotary, "fused_qk"):
-        from pegboard.kernels.cpu_build import compiled_ops
-
         rotary.fused_qk = compiled_ops().rotary_qk_
-    norms = [m for m in model.modules() if hasattr(m, "fused_add_norm")]
-    if norms:  # the packed path is not bit-equal to the exact one anyway: one C++ pass per norm
-        from pegboard.kernels.cpu_build import compiled_ops
-
-        for norm in norms:
-            norm.fused_add_norm = compiled_ops().add_rms_norm
+    for module in model.modules():  # the packed path is not bit-equal to the exact one anyway: one C++ pass a norm
+        if hasattr(module, "fused_add_norm"):
+            module.fused_add_norm = compiled_ops().add_rms_norm
     logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows)", total / 1e6, max_rows)
     return total

@@ -44,7 +44,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         if x.is_cuda:
             return _fused_kernels().rms_norm(x, self.weight, eps=self.eps, residual=residual)
-        if self.fused_add_norm is not None and x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous():
+        if (self.fused_add_norm is not None and x.dim() == 2 and x.dtype == torch.float32 and x.is_contiguous()
+                and (residual is None or residual.is_contiguous())):  # what the C++ op takes; else torch's steps
             return tuple(self.fused_add_norm(x, residual, self.weight, self.eps))
         if residual is not None:
             x = x + residual

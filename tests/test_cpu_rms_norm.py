@@ -42,3 +42,12 @@ def test_bad_inputs_are_refused_by_name():
         compiled_ops().add_rms_norm(torch.randn(2, 8), None, torch.randn(9), 1e-5)
     with pytest.raises(RuntimeError, match="residual"):
         compiled_ops().add_rms_norm(torch.randn(2, 8), torch.randn(2, 9), torch.randn(8), 1e-5)
+
+
+def test_a_residual_the_kernel_cannot_take_goes_through_torchs_steps():
+    norm = RMSNorm(32, eps=1e-5)
+    x, residual = torch.randn(4, 32), torch.randn(32, 4).t()  # a transposed view: not contiguous
+    want_normed, want_sum = norm(x, residual)
+    norm.fused_add_norm = compiled_ops().add_rms_norm
+    normed, total = norm(x, residual)
+    assert torch.equal(normed, want_normed) and torch.equal(total, want_sum)

@@ -15,12 +15,12 @@ from pathlib import Path
 logger = logging.getLogger("pegboard.kernels.cpu_build")
 
 _DIR = Path(__file__).parent
-SOURCES = ("cpu_gguf_matmul.cpp", "cpu_rotary.cpp", "cpu_rms_norm.cpp", "cpu_bindings.cpp")
+SOURCES = ("cpu_gguf_matmul.cpp", "cpu_gguf_float_matmul.cpp", "cpu_rotary.cpp", "cpu_rms_norm.cpp", "cpu_bindings.cpp")
 
 
 @functools.cache
 def compiled_ops():
-    """The extension module (q4_matmul, q8_matmul, rotary_qk_, add_rms_norm), built or loaded from the cache."""
+    """The extension module (the q4 / q8 dot and float matmuls, rotary_qk_, add_rms_norm), built or loaded from the cache."""
     import torch
     from torch.utils.cpp_extension import load
 

@@ -1,9 +1,12 @@
-"""CPU matmul over weights kept in GGUF blocks (Q4_0, Q4_1, Q8_0), dequantized in registers (C++, built on first use).
+"""CPU matmul over weights kept in GGUF blocks (Q4_0, Q4_1, Q8_0), two C++ kernels (built on first use).
 
-``pack_gguf_rows`` turns a tensor's raw GGUF blocks into ``PackedGGUFWeight`` (values, scales, mins laid out
-per output row); ``packed_matmul(x, packed)`` is ``x @ dequantized.T`` in float32. The C++ source
-(cpu_gguf_matmul.cpp, AVX-512 where the compiler targets it) is built on first use and cached on disk
-(kernels/cpu_build.py).
+``pack_gguf_rows`` turns a tensor's raw GGUF blocks into ``PackedGGUFWeight``: the quants twice, in GGUF's order
+and in the integer kernel's dot layout, with scales and mins per output row. ``packed_matmul(x, packed)`` is
+``x @ dequantized.T``; up to ``DOT_MAX_ROWS`` rows of x go through integer dot products (cpu_gguf_matmul.cpp: x
+quantized to 16 bits per block of 32, an error under 2e-5 of the block's largest value, its products summed exactly
+in int32 by AVX512-VNNI), larger batches through float32 products of weights dequantized in registers
+(cpu_gguf_float_matmul.cpp), which keep pace better when several rows share each weight. ``packed_matmul_ref``
+is each kernel's arithmetic in plain torch. The sources are built on first use and cached (kernels/cpu_build.py).
 """
 
 from __future__ import annotations
@@ -17,15 +20,23 @@ from pegboard.kernels.cpu_build import compiled_ops
 Q4_0, Q4_1, Q8_0 = 2, 3, 8  # ggml type ids
 PACKED_TYPES = (Q4_0, Q4_1, Q8_0)
 _BLOCK = 32
+_GROUP = 16  # blocks per group of the dot layout: one per 32-bit lane of a 512-bit register
+
+
+# Rows of x up to which the integer kernel is faster (SmolLM2's shapes, 2-core Xeon, tests/cpu/bench_cpu_kernels.py:
+# 1 row 3.2 against 7.4 ms for 30 layers, 4 rows 8.5 against 9.3, 8 rows 15.6 against 14.0).
+DOT_MAX_ROWS = 4
 
 
 @dataclass(frozen=True)
 class PackedGGUFWeight:
-    """One [N, K] weight in GGUF blocks: ``values`` uint8 nibbles [N, K/2] (4-bit) or int8 [N, K] (8-bit),
-    ``scales`` and ``mins`` (4-bit only) float16 [N, K/32]."""
+    """One [N, K] weight in GGUF blocks: ``values`` nibbles uint8 [N, K/2] (4-bit) or int8 [N, K] (8-bit) in GGUF's
+    order, ``dot_values`` the same quants in the dot layout (8-bit: each + 128, as uint8), ``scales`` and ``mins``
+    (4-bit only) float16 [N, K/32]."""
 
     bits: int
     values: torch.Tensor
+    dot_values: torch.Tensor
     scales: torch.Tensor
     mins: torch.Tensor | None
 
@@ -35,7 +46,17 @@ class PackedGGUFWeight:
         return n, self.scales.shape[1] * _BLOCK
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.values, self.scales, self.mins) if t is not None)
+        """Bytes held (both copies of the quants)."""
+        return sum(_size(t) for t in (self.values, self.dot_values, self.scales, self.mins))
+
+    def read_bytes(self, rows: int) -> int:
+        """Bytes one product with ``rows`` rows of x reads: one copy of the quants, the scales and mins."""
+        quants = self.dot_values if rows <= DOT_MAX_ROWS else self.values
+        return sum(_size(t) for t in (quants, self.scales, self.mins))
+
+
+def _size(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
 
 
 def pack_gguf_rows(raw: torch.Tensor, ggml_type: int, shape: tuple[int, int]) -> PackedGGUFWeight:
@@ -47,7 +68,9 @@ def pack_gguf_rows(raw: torch.Tensor, ggml_type: int, shape: tuple[int, int]) ->
     if ggml_type == Q8_0:
         blocks = raw.view(n, nb, 34)
         scales = blocks[:, :, 0:2].contiguous().view(torch.float16).view(n, nb)
-        return PackedGGUFWeight(8, blocks[:, :, 2:].contiguous().view(torch.int8).view(n, k), scales, None)
+        quants = blocks[:, :, 2:].reshape(n, k)
+        dot = _dot_layout(quants ^ 0x80, 32)  # q + 128 as uint8: the unsigned side of vpdpbusd
+        return PackedGGUFWeight(8, quants.view(torch.int8), dot, scales, None)
     head = 2 if ggml_type == Q4_0 else 4
     blocks = raw.view(n, nb, head + 16)
     scales = blocks[:, :, 0:2].contiguous().view(torch.float16).view(n, nb)
@@ -55,7 +78,20 @@ def pack_gguf_rows(raw: torch.Tensor, ggml_type: int, shape: tuple[int, int]) ->
         mins = scales * -8  # (q - 8) * d == q * d + (-8 d), exactly: -8 d is exact in float16
     else:
         mins = blocks[:, :, 2:4].contiguous().view(torch.float16).view(n, nb)
-    return PackedGGUFWeight(4, blocks[:, :, head:].contiguous().view(n, k // 2), scales, mins)
+    nibbles = blocks[:, :, head:].reshape(n, k // 2)
+    return PackedGGUFWeight(4, nibbles, _dot_layout(nibbles, 16), scales, mins)
+
+
+def _dot_layout(values: torch.Tensor, block_bytes: int) -> torch.Tensor:
+    """[N, nb * block_bytes] block bytes -> the dot layout: per group of up to 16 blocks, word L of every block
+    (4 bytes) side by side, one 32-bit lane per block."""
+    n, nb = values.shape[0], values.shape[1] // block_bytes
+    groups = []
+    for b0 in range(0, nb, _GROUP):
+        g = min(_GROUP, nb - b0)
+        part = values[:, b0 * block_bytes:(b0 + g) * block_bytes].reshape(n, g, block_bytes // 4, 4)
+        groups.append(part.transpose(1, 2).reshape(n, -1))
+    return torch.cat(groups, dim=1).contiguous()
 
 
 def concat_packed(parts: list[PackedGGUFWeight]) -> PackedGGUFWeight:
@@ -64,30 +100,59 @@ def concat_packed(parts: list[PackedGGUFWeight]) -> PackedGGUFWeight:
     if any(p.bits != first.bits or p.shape[1] != first.shape[1] for p in parts):
         raise ValueError("packed shards differ in kind or width")
     mins = None if first.mins is None else torch.cat([p.mins for p in parts])
-    return PackedGGUFWeight(first.bits, torch.cat([p.values for p in parts]), torch.cat([p.scales for p in parts]),
-                            mins)
+    return PackedGGUFWeight(first.bits, torch.cat([p.values for p in parts]), torch.cat([p.dot_values for p in parts]),
+                            torch.cat([p.scales for p in parts]), mins)
+
+
+def _quants(w: PackedGGUFWeight) -> torch.Tensor:
+    """The integer quants in GGUF's value order, float32 [N, K/32, 32]."""
+    n = w.values.shape[0]
+    if w.bits == 8:
+        return w.values.view(n, -1, _BLOCK).float()
+    nibbles = w.values.view(n, -1, 16)
+    return torch.cat([nibbles & 0xF, nibbles >> 4], dim=-1).float()
 
 
 def dequantize_packed(w: PackedGGUFWeight) -> torch.Tensor:
-    """The plain-torch reference: float32 [N, K], bit-equal to plugins/gguf_dequant.py's values."""
+    """The weights in float32 [N, K], bit-equal to plugins/gguf_dequant.py's values."""
     n, k = w.shape
-    if w.bits == 8:
-        q = w.values.view(n, -1, _BLOCK).float()
-        return (q * w.scales.float()[:, :, None]).view(n, k)
-    low, high = w.values.view(n, -1, 16) & 0xF, w.values.view(n, -1, 16) >> 4
-    q = torch.cat([low, high], dim=-1).float()  # [N, K/32, 32]
-    return (q * w.scales.float()[:, :, None] + w.mins.float()[:, :, None]).view(n, k)
+    q = _quants(w) * w.scales.float()[:, :, None]
+    return (q if w.bits == 8 else q + w.mins.float()[:, :, None]).view(n, k)
+
+
+_LEVELS = 32512.0  # 127 * 256: a 16-bit value's high byte stays a signed byte (cpu_gguf_matmul.cpp)
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (16-bit values as float32 [M, K/32, 32], scales [M, K/32, 1]): per block, max |x| / 32512."""
+    blocks = x.view(x.shape[0], -1, _BLOCK)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    inverse = torch.where(amax > 0, _LEVELS / amax, torch.zeros_like(amax))
+    return torch.round(blocks * inverse).clamp_(-_LEVELS, _LEVELS), amax / _LEVELS
 
 
 def packed_matmul_ref(x: torch.Tensor, w: PackedGGUFWeight) -> torch.Tensor:
-    """x [M, K] @ dequantized [N, K]^T in plain torch."""
-    return x @ dequantize_packed(w).T
+    """``packed_matmul``'s arithmetic in plain torch: up to DOT_MAX_ROWS rows, x quantized to 16 bits per block
+    against the integer quants, scaled per block, a 4-bit block's mins times the float32 sum of its block of x;
+    more rows, x @ dequantized.T."""
+    if x.shape[0] > DOT_MAX_ROWS:
+        return x @ dequantize_packed(w).T
+    xq, x_scale = quantize_activations(x)
+    dots = torch.einsum("mbk,nbk->mnb", xq.double(), _quants(w).double())  # exact integers
+    out = (dots * (x_scale.squeeze(-1)[:, None, :].double() * w.scales.double()[None])).sum(-1)
+    if w.bits == 4:
+        out += x.view(x.shape[0], -1, _BLOCK).sum(-1).double() @ w.mins.double().T
+    return out.float()
 
 
 def packed_matmul(x: torch.Tensor, w: PackedGGUFWeight) -> torch.Tensor:
-    """x: float32 [M, K] -> [M, N] float32, through the compiled kernel."""
+    """x: float32 [M, K] -> [M, N] float32, through the integer kernel (up to DOT_MAX_ROWS rows) or the float one."""
     ops = compiled_ops()
     x = x.contiguous()
+    if x.shape[0] <= DOT_MAX_ROWS:
+        if w.bits == 4:
+            return ops.q4_dot_matmul(x, w.dot_values, w.scales, w.mins)
+        return ops.q8_dot_matmul(x, w.dot_values, w.scales)
     if w.bits == 4:
-        return ops.q4_matmul(x, w.values, w.scales, w.mins)
-    return ops.q8_matmul(x, w.values, w.scales)
+        return ops.q4_float_matmul(x, w.values, w.scales, w.mins)
+    return ops.q8_float_matmul(x, w.values, w.scales)

@@ -1,8 +1,9 @@
 """GGUF blocks kept for CPU decode: each linear layer (and the LM head) whose checkpoint tensors are Q4_0, Q4_1 or
 Q8_0 also holds them packed, and batches of up to ``PACKED_MAX_ROWS`` rows multiply by those (a quarter to an
-eighth of float32's memory traffic, dequantized in registers: kernels/cpu_gguf_matmul.py); larger batches
-(prefill chunks) keep the float32 GEMM. ``cpu_weights="fp32"`` keeps float32 everywhere (the exact path); the
-packed one computes the same products in another summation order.
+eighth of float32's memory traffic: kernels/cpu_gguf_matmul.py), a decoder layer whose projections are all packed
+as two C++ calls around attention (core/cpu_decoder_blocks.py); larger batches (prefill chunks) keep the float32
+GEMM. ``cpu_weights="fp32"`` keeps float32 everywhere (the exact path); the packed one computes nearly the same
+products (16-bit activations for up to 4 rows, float32 in another summation order beyond).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.
 
 def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]], max_rows: int) -> int:
     from pegboard.kernels.cpu_build import compiled_ops
-    from pegboard.kernels.cpu_gguf_matmul import concat_packed, pack_gguf_rows
+    from pegboard.kernels.cpu_gguf_matmul import DOT_MAX_ROWS, concat_packed, pack_gguf_rows
 
     mapping = getattr(model, "packed_modules_mapping", {})
     prefix = getattr(model, "checkpoint_prefix", "")
@@ -147,8 +148,12 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
     rotary = getattr(model, "rotary", None)
     if rotary is not None and hasattr(rotary, "fused_qk"):
         rotary.fused_qk = compiled_ops().rotary_qk_
+    blocks = 0
     for module in model.modules():  # the packed path is not bit-equal to the exact one anyway: one C++ pass a norm
         if hasattr(module, "fused_add_norm"):
             module.fused_add_norm = compiled_ops().add_rms_norm
-    logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows)", total / 1e6, max_rows)
+        if hasattr(module, "use_packed_blocks") and rotary is not None and rotary.fused_qk is not None:
+            blocks += module.use_packed_blocks(compiled_ops(), max_rows, DOT_MAX_ROWS)
+    logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows; %d layers as C++ blocks)",
+                total / 1e6, max_rows, blocks)
     return total

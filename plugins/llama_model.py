@@ -147,17 +147,20 @@ class Attention(nn.Module):
         if fused:  # one in-place op over the q and k heads, bit-equal to the torch rotary
             self.rotary.fused_qk(qkv, positions, self.rotary.cos, self.rotary.sin, self.num_heads + self.num_kv_heads,
                                  self.head_dim)
+        return self.o_proj(self.attend(positions, qkv, attn, rotated=fused))
+
+    def attend(self, positions: torch.Tensor, qkv: torch.Tensor, attn: AttentionContext, rotated: bool) -> torch.Tensor:
+        """qkv [T, (H + 2 Hkv) Dh] (q and k already rotated, or not) -> attention output [T, H Dh]."""
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, Dh]
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, Hkv, Dh]
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if not fused:
+        if not rotated:
             if self.qk_norm:
                 q, _ = self.q_norm(q)
                 k, _ = self.k_norm(k)
             q, k = self.rotary(positions, q, k)
-        o = attn(self.layer, q, k, v)  # [T, H, Dh]
-        return self.o_proj(o.reshape(-1, self.q_size))
+        return attn(self.layer, q, k, v).reshape(-1, self.q_size)  # [T, H, Dh] -> [T, H Dh]
 
 
 class MLP(nn.Module):
@@ -189,12 +192,33 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config, layer, rotary, layers)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config, layers)
+        self.packed_blocks = None  # the packed CPU path's C++ calls around attention (core/cpu_decoder_blocks.py)
 
     def forward(self, positions, x, residual, attn: AttentionContext):
+        blocks = self.packed_blocks
+        if blocks is not None and x.shape[0] <= blocks.max_rows:
+            qkv, residual = blocks.attention_inputs(positions, x, residual)
+            o = self.self_attn.attend(positions, qkv, attn, rotated=True)
+            return blocks.attention_outputs(o, residual)
         h, residual = self.input_layernorm(x, residual)
         h = self.self_attn(positions, h, attn)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
+
+    def use_packed_blocks(self, ops: Any, max_rows: int, dot_max_rows: int) -> bool:
+        """Run steps of up to max_rows rows as the packed CPU blocks, if every projection here is packed."""
+        from pegboard.core.cpu_decoder_blocks import PackedDecoderBlocks, packed_tensors
+
+        attn, mlp = self.self_attn, self.mlp
+        linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        if attn.qk_norm or any(packed_tensors(m) is None for m in linears):
+            return False
+        self.packed_blocks = PackedDecoderBlocks(
+            ops, input_norm=self.input_layernorm, qkv=attn.qkv_proj, rotary=attn.rotary,
+            rotary_heads=attn.num_heads + attn.num_kv_heads, head_dim=attn.head_dim, o_proj=attn.o_proj,
+            post_norm=self.post_attention_layernorm, gate_up=mlp.gate_up_proj, down=mlp.down_proj,
+            max_rows=max_rows, dot_max_rows=dot_max_rows)
+        return True
 
 
 class LlamaForCausalLM(nn.Module):

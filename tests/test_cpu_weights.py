@@ -69,3 +69,25 @@ def test_packed_path_gives_the_float32_paths_greedy_tokens(smollm2_gguf):
             assert top2[0] - top2[1] < 1e-2, f"divergence at step {i} where the reference is not a near-tie"
         print(f"{len(batch)} prompts at once: {same} of {len(batch)} identical")
         assert same >= min(15, len(batch))
+
+
+@pytest.mark.slow
+def test_the_c_plus_plus_decoder_blocks_compute_what_the_layers_modules_compute(smollm2_gguf):
+    """The packed path's two C++ calls per layer (core/cpu_decoder_blocks.py) against the same layer's modules."""
+    llm = LLM(str(smollm2_gguf), dtype="float32", max_model_len=1024, device="cpu", cpu_weights="packed")
+    layers = llm.engine.executor.runner.model.layers
+    blocks = [layer.packed_blocks for layer in layers]
+    assert all(b is not None for b in blocks)  # SmolLM2: every layer's four projections are packed
+    tokenizer = llm.get_tokenizer()
+    prompts = [{"prompt_token_ids": tokenizer(s).input_ids} for s in _SENTENCES[:4]]
+    params = SamplingParams(temperature=0, max_tokens=12, min_tokens=12, logprobs=1)
+    for batch in (prompts, prompts[:1]):  # 4 decode rows (the integer kernel) and 1
+        with_blocks = llm.generate(batch, params, use_tqdm=False)
+        for layer in layers:
+            layer.packed_blocks = None
+        modules = llm.generate(batch, params, use_tqdm=False)
+        for layer, b in zip(layers, blocks):
+            layer.packed_blocks = b
+        for a, b in zip(with_blocks, modules):
+            assert a.outputs[0].token_ids == b.outputs[0].token_ids
+            assert a.outputs[0].cumulative_logprob == pytest.approx(b.outputs[0].cumulative_logprob, abs=1e-4)

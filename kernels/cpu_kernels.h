@@ -1,0 +1,30 @@
+// Declarations of the CPU kernels' entry points (kernels/cpu_*.cpp), shared by the bindings and the decoder blocks.
+// torch's extension cache hashes the .cpp sources only: a change here comes with the .cpp change that needs it.
+
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+at::Tensor q4_dot_matmul(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scale, const at::Tensor& min);
+at::Tensor q8_dot_matmul(const at::Tensor& x, const at::Tensor& quants, const at::Tensor& scale);
+at::Tensor q4_float_matmul(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scale,
+                           const at::Tensor& min);
+at::Tensor q8_float_matmul(const at::Tensor& x, const at::Tensor& quants, const at::Tensor& scale);
+void rotary_qk_(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin,
+                int64_t heads, int64_t head_dim);
+std::vector<at::Tensor> add_rms_norm(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
+                                     const at::Tensor& weight, double eps);
+std::vector<at::Tensor> attention_inputs(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
+                                         const at::Tensor& norm_weight, double eps, const std::vector<at::Tensor>& qkv,
+                                         const c10::optional<at::Tensor>& qkv_bias, const at::Tensor& positions,
+                                         const at::Tensor& cos, const at::Tensor& sin, int64_t rotary_heads,
+                                         int64_t head_dim, int64_t dot_max_rows);
+std::vector<at::Tensor> attention_outputs(const at::Tensor& o, const at::Tensor& residual,
+                                          const std::vector<at::Tensor>& o_proj, const c10::optional<at::Tensor>& o_bias,
+                                          const at::Tensor& norm_weight, double eps,
+                                          const std::vector<at::Tensor>& gate_up,
+                                          const c10::optional<at::Tensor>& gate_up_bias,
+                                          const std::vector<at::Tensor>& down, const c10::optional<at::Tensor>& down_bias,
+                                          int64_t dot_max_rows);

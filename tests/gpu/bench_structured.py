@@ -4,6 +4,11 @@ with and without a json_schema constraint. Prints each run's wall time, output t
 and the constrained run's ratio to the free runs (one before it, one after it, so drift shows).
 
     python tests/gpu/bench_structured.py TOKENIZER_DIR [--num-prompts 256] [--input-len 256] [--output-len 256]
+        [--schema order article]
+
+--schema picks the constraint: `order` (the default), an order record with nested objects, bounded strings and
+arrays, an enum and number bounds; `article`, two free-text strings with no maxLength. Several names run one after
+the other on the same LLM, each with its own four runs, table and ratio line.
 
 TOKENIZER_DIR holds SmolLM2's tokenizer files. A random model samples near-uniformly among the tokens a grammar
 allows, so constrained outputs often run to max_tokens inside free text (string values, whitespace): the figure is
@@ -29,7 +34,7 @@ from pegboard.core.llm import LLM
 from pegboard.core.sampling_params import SamplingParams
 from pegboard.core.structured_outputs_params import StructuredOutputsParams
 
-SCHEMA = {  # an order record: nested object, bounded strings and arrays, enum, integer and number bounds
+ORDER_SCHEMA = {  # an order record: nested object, bounded strings and arrays, enum, integer and number bounds
     "type": "object",
     "properties": {
         "order_id": {"type": "integer", "minimum": 0},
@@ -51,6 +56,15 @@ SCHEMA = {  # an order record: nested object, bounded strings and arrays, enum, 
     "additionalProperties": False,
 }
 
+ARTICLE_SCHEMA = {  # free-text strings with no maxLength: a random model rarely closes one, so most hit max_tokens
+    "type": "object",
+    "properties": {"title": {"type": "string"}, "body": {"type": "string"}},
+    "required": ["title", "body"],
+    "additionalProperties": False,
+}
+
+SCHEMAS = {"order": ORDER_SCHEMA, "article": ARTICLE_SCHEMA}
+
 
 def run(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> tuple[float, list]:
     """Wall seconds and outputs of one generate call over every prompt."""
@@ -68,6 +82,7 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--schema", nargs="+", choices=sorted(SCHEMAS), default=["order"])
     args = parser.parse_args()
     model = str(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
     write_llama8b_config(model, args.tokenizer_dir)
@@ -77,10 +92,17 @@ def main() -> None:
     rng = random.Random(0)
     prompts = [[rng.randrange(100, vocab) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
     free = SamplingParams(temperature=args.temperature, max_tokens=args.output_len, seed=0)
+    run(llm, prompts, free)  # warm-up at full size (kernels for every shape the runs meet)
+    for name in args.schema:
+        measure(llm, prompts, free, name, args)
+
+
+def measure(llm: LLM, prompts: list[list[int]], free: SamplingParams, name: str, args: argparse.Namespace) -> None:
+    """One schema's four runs, its table and its ratio line."""
+    schema = SCHEMAS[name]
     guided = SamplingParams(temperature=args.temperature, max_tokens=args.output_len, seed=0,
-                            structured_outputs=StructuredOutputsParams(json=SCHEMA))
-    run(llm, prompts, free)  # warm-up at full size (kernels for every shape the runs meet), then the grammar's cache
-    run(llm, prompts[:16], guided)
+                            structured_outputs=StructuredOutputsParams(json=schema))
+    run(llm, prompts[:16], guided)  # the grammar's cache
     rows = []
     for label, params in (("free", free), ("json_schema", guided), ("free again", free)):
         wall, outputs = run(llm, prompts, params)
@@ -89,6 +111,7 @@ def main() -> None:
     # The same batch shape step by step: each free request stops where its constrained twin stopped.
     matched = [SamplingParams(temperature=args.temperature, max_tokens=n, seed=0) for n in guided_lengths]
     rows.append(("free, lengths matched", *run(llm, prompts, matched)))
+    print(f"== schema {name}", flush=True)
     cost = {}
     for label, wall, outputs in rows:
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
@@ -96,19 +119,19 @@ def main() -> None:
         print(f"{label:22s} {wall:7.2f} s  {tokens:7d} output tokens  {1e3 * wall / tokens:.4f} ms/token", flush=True)
     outputs = rows[1][2]
     complete = sum(o.outputs[0].finish_reason == "stop" for o in outputs)
-    valid = validated(outputs)
+    valid = validated(outputs, schema)
     lengths = sorted(guided_lengths)
     print(f"constrained output lengths: min {lengths[0]}, median {lengths[len(lengths) // 2]}, max {lengths[-1]}; "
           f"{complete} of {len(outputs)} completed a document ({valid}), the rest hit max_tokens")
     same_max = cost["json_schema"] / ((cost["free"] + cost["free again"]) / 2)
-    print(f"{torch.cuda.get_device_name()}: {args.num_prompts} requests x {args.input_len} prompt tokens, up to "
-          f"{args.output_len} out, temperature {args.temperature}: json_schema costs {same_max:.3f}x the free "
+    print(f"{torch.cuda.get_device_name()}, schema {name}: {args.num_prompts} requests x {args.input_len} prompt "
+          f"tokens, up to {args.output_len} out, temperature {args.temperature}: json_schema costs {same_max:.3f}x the free "
           f"runs' mean per output token at the same max_tokens, {cost['json_schema'] / cost['free, lengths matched']:.3f}x "
-          f"the free run whose requests stop at the constrained ones' lengths (same batch size every step)")
+          f"the free run whose requests stop at the constrained ones' lengths (same batch size every step)", flush=True)
 
 
-def validated(outputs: list) -> str:
-    """How many completed outputs validate against SCHEMA, as a phrase."""
+def validated(outputs: list, schema: dict) -> str:
+    """How many completed outputs validate against schema, as a phrase."""
     try:
         import jsonschema
     except ImportError:
@@ -117,7 +140,7 @@ def validated(outputs: list) -> str:
     for o in outputs:
         if o.outputs[0].finish_reason == "stop":
             try:
-                jsonschema.validate(json.loads(o.outputs[0].text), SCHEMA)
+                jsonschema.validate(json.loads(o.outputs[0].text), schema)
                 valid += 1
             except (ValueError, jsonschema.ValidationError) as exc:
                 print("invalid:", repr(o.outputs[0].text[:200]), exc)

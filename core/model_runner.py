@@ -65,7 +65,9 @@ class ModelRunner:
         with torch.no_grad():
             loader.load_weights(self.model, files, hf_config)
             process_weights_after_loading(self.model)
-            if wants_packed_weights(config.cpu_weights, self.device, self.dtype, loader, config.tensor_parallel_size):
+            packed = wants_packed_weights(config.cpu_weights, self.device, self.dtype, loader,
+                                          config.tensor_parallel_size)
+            if packed:
                 from pegboard.kernels.cpu_gguf_matmul import PACKED_TYPES
 
                 pack_model_weights(self.model, loader.iter_quantized_blocks(files, hf_config, PACKED_TYPES))
@@ -89,6 +91,10 @@ class ModelRunner:
             watch.warmed_up = False  # this engine's warm-up compiles are expected (a second engine in a process too)
         self.kv_spec = self._kv_cache_spec(make_backend)
         self.attention = make_backend(self.kv_spec)
+        if packed and hasattr(self.attention, "cpu_decode_attention"):  # the torch backend's lone-request C++ path
+            from pegboard.kernels.cpu_build import compiled_ops
+
+            self.attention.cpu_decode_attention = compiled_ops().decode_attention
         self.decode_graphs = None
         if self.device.type == "cuda" and not config.enforce_eager and self.attention.supports_cuda_graphs:
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_batch=config.max_num_seqs,

@@ -28,3 +28,4 @@ std::vector<at::Tensor> attention_outputs(const at::Tensor& o, const at::Tensor&
                                           const c10::optional<at::Tensor>& gate_up_bias,
                                           const std::vector<at::Tensor>& down, const c10::optional<at::Tensor>& down_bias,
                                           int64_t dot_max_rows);
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);

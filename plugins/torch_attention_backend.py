@@ -51,6 +51,9 @@ class TorchAttentionBackend:
         self.num_heads = num_heads
         self.scale = scale
         self.device = device
+        # set by the runner on the packed CPU path (kernels/cpu_decode_attention.cpp): a lone request's one row
+        # attends in one C++ call; not bit-equal to SDPA, so the exact float32 path keeps SDPA
+        self.cpu_decode_attention = None
         num_slots = spec.num_blocks * spec.block_size
         shape = (spec.num_layers, num_slots, spec.num_kv_heads, spec.head_dim)
         # Padded gathers read slots no request wrote, so those must hold finite values. A large CPU
@@ -125,6 +128,8 @@ class TorchAttentionBackend:
         v_cache.index_copy_(0, metadata.slot_mapping, v)
         only = metadata.decodes[0] if len(metadata.decodes) == 1 and not metadata.prefills else None
         whole = only is not None and isinstance(only.rows, slice) and only.rows == slice(0, q.shape[0])
+        if whole and self.cpu_decode_attention is not None and q.shape[0] == 1 and isinstance(only.slots, slice):
+            return self.cpu_decode_attention(q, k_cache[only.slots], v_cache[only.slots], self.scale)
         out = None if whole else torch.empty_like(q)
         for group in metadata.decodes:
             # q_d: [B, H, 1, D]; k_d/v_d: [B, Hkv, L, D]

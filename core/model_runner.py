@@ -91,10 +91,10 @@ class ModelRunner:
             watch.warmed_up = False  # this engine's warm-up compiles are expected (a second engine in a process too)
         self.kv_spec = self._kv_cache_spec(make_backend)
         self.attention = make_backend(self.kv_spec)
-        if packed and hasattr(self.attention, "cpu_decode_attention"):  # the torch backend's lone-request C++ path
+        if packed and hasattr(self.attention, "cpu_paged_decode"):  # the torch backend's decode rows in C++
             from pegboard.kernels.cpu_build import compiled_ops
 
-            self.attention.cpu_decode_attention = compiled_ops().decode_attention
+            self.attention.cpu_paged_decode = compiled_ops().paged_decode_attention
         self.decode_graphs = None
         if self.device.type == "cuda" and not config.enforce_eager and self.attention.supports_cuda_graphs:
             self.decode_graphs = DecodeGraphs(self.model, self.attention, max_batch=config.max_num_seqs,

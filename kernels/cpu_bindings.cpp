@@ -13,8 +13,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "packed decoder layer before attention: (rotated qkv, x + residual) (cpu_decoder_blocks.cpp)");
   module.def("attention_outputs", &attention_outputs,
              "packed decoder layer after attention: (MLP output, o + residual) (cpu_decoder_blocks.cpp)");
-  module.def("decode_attention", &decode_attention,
-             "one query row [1, H, D] attending over a context [L, Hkv, D] in place (cpu_decode_attention.cpp)");
+  module.def("paged_decode_attention", &paged_decode_attention,
+             "decode rows [B, H, D] attending over the paged KV cache by block table (cpu_decode_attention.cpp)");
   module.def("rotary_qk_", &rotary_qk_, "rotate the first heads of every qkv row in place (rotate-half rotary)");
   module.def("add_rms_norm", &add_rms_norm, "(RMSNorm of x + residual, x + residual) for float32 rows",
              pybind11::arg("x"), pybind11::arg("residual"), pybind11::arg("weight"), pybind11::arg("eps"));

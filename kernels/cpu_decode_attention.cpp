@@ -1,7 +1,9 @@
-// One query row's attention over a context laid out in place in the cache (the torch backend's lone request on
-// the packed CPU path): out[h] = softmax(scale * q[h] . k[t, h / G]) . v[t, h / G] over t < L, G = H / Hkv query
-// heads per KV head. One C++ call instead of SDPA's views, checks and dispatch (89 us a layer with them for one
-// SmolLM2 token, most of it not arithmetic). Heads split across torch's intra-op threads; the softmax in float32.
+// Decode rows' attention straight over the paged KV cache (the torch backend's decode rows on the packed CPU path):
+// for request b, out[b, h] = softmax(scale * q[b, h] . k[slot(b, t), h / G]) . v[slot(b, t), h / G] over
+// t < lens[b], slot(b, t) = tables[b, t / block_size] * block_size + t % block_size, G = H / Hkv query heads per KV
+// head. No padded gather of the contexts, and one C++ call a layer instead of SDPA's views, checks and dispatch
+// (89 us a layer with them for one SmolLM2 token, most of it not arithmetic). (request, head) pairs split across
+// torch's intra-op threads; the softmax in float32.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -30,34 +32,53 @@ inline float dot(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
-  TORCH_CHECK(q.dim() == 3 && q.size(0) == 1 && q.scalar_type() == at::kFloat, "q: float32 [1, H, D]");
-  TORCH_CHECK(k.dim() == 3 && k.sizes() == v.sizes() && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
-              k.is_contiguous() && v.is_contiguous() && k.size(2) == q.size(2) && q.size(1) % k.size(1) == 0,
-              "k, v: contiguous float32 [L, Hkv, D] with H a multiple of Hkv");
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                 const at::Tensor& tables, const at::Tensor& lens, int64_t block_size, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat, "q: float32 [B, H, D]");
+  TORCH_CHECK(k_cache.dim() == 3 && k_cache.sizes() == v_cache.sizes() && k_cache.scalar_type() == at::kFloat &&
+              v_cache.scalar_type() == at::kFloat && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+              k_cache.size(2) == q.size(2) && q.size(1) % k_cache.size(1) == 0,
+              "k_cache, v_cache: contiguous float32 [S, Hkv, D] with H a multiple of Hkv");
+  TORCH_CHECK(tables.dim() == 2 && tables.scalar_type() == at::kInt && tables.is_contiguous() &&
+              tables.size(0) == q.size(0) && lens.dim() == 1 && lens.scalar_type() == at::kInt &&
+              lens.size(0) == q.size(0), "tables: int32 [B, blocks], lens: int32 [B]");
   const at::Tensor qc = q.contiguous();
-  const int64_t H = q.size(1), D = q.size(2), L = k.size(0), Hkv = k.size(1), G = H / Hkv;
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), Hkv = k_cache.size(1), G = H / Hkv;
+  const int64_t nb = tables.size(1), slots = k_cache.size(0);
+  const int32_t* tp = tables.data_ptr<int32_t>();
+  const int32_t* lp = lens.data_ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(lp[b] > 0 && lp[b] <= nb * block_size, "request ", b, ": context length ", lp[b],
+                " outside its block table");
   at::Tensor out = at::empty_like(qc);
   const float* qp = qc.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
+  const float* kp = k_cache.data_ptr<float>();
+  const float* vp = v_cache.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> p(L);
-    for (int64_t h = begin; h < end; ++h) {
-      const int64_t kv = h / G;
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> p;
+    std::vector<int64_t> rows;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / H, h = i % H, kv = h / G, L = lp[b];
+      p.resize(L);
+      rows.resize(L);
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t slot = static_cast<int64_t>(tp[b * nb + t / block_size]) * block_size + t % block_size;
+        TORCH_CHECK(slot >= 0 && slot < slots, "cache slot ", slot, " out of range");
+        rows[t] = (slot * Hkv + kv) * D;
+      }
       float peak = -std::numeric_limits<float>::infinity();
       for (int64_t t = 0; t < L; ++t) {
-        p[t] = sc * dot(qp + h * D, kp + (t * Hkv + kv) * D, D);
+        p[t] = sc * dot(qp + i * D, kp + rows[t], D);
         peak = std::max(peak, p[t]);
       }
       float total = 0.f;
       for (int64_t t = 0; t < L; ++t) total += (p[t] = std::exp(p[t] - peak));
-      float* o = op + h * D;
+      float* o = op + i * D;
       for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
       for (int64_t t = 0; t < L; ++t) {
-        const float* vr = vp + (t * Hkv + kv) * D;
+        const float* vr = vp + rows[t];
         const float w = p[t] / total;
         for (int64_t d = 0; d < D; ++d) o[d] += w * vr[d];
       }

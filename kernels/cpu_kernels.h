@@ -28,4 +28,5 @@ std::vector<at::Tensor> attention_outputs(const at::Tensor& o, const at::Tensor&
                                           const c10::optional<at::Tensor>& gate_up_bias,
                                           const std::vector<at::Tensor>& down, const c10::optional<at::Tensor>& down_bias,
                                           int64_t dot_max_rows);
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                 const at::Tensor& tables, const at::Tensor& lens, int64_t block_size, double scale);

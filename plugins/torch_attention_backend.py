@@ -32,12 +32,22 @@ class DecodeGroup:
 
 
 @dataclass
+class PagedDecodes:
+    """Every single-token request of the step, for a kernel that reads the paged cache by block table."""
+
+    rows: torch.Tensor | slice  # their rows in the batch
+    tables: torch.Tensor  # [B, blocks] int32, padded with 0
+    lens: torch.Tensor  # [B] int32 context lengths
+
+
+@dataclass
 class TorchAttentionMetadata:
     """Per-step metadata shared by all layers."""
 
     slot_mapping: torch.Tensor  # [T]
     decodes: list[DecodeGroup]
     prefills: list[PrefillSpan]
+    paged: PagedDecodes | None = None  # the decode rows, when the backend has a paged decode kernel (then no decodes)
 
 
 class TorchAttentionBackend:
@@ -51,9 +61,9 @@ class TorchAttentionBackend:
         self.num_heads = num_heads
         self.scale = scale
         self.device = device
-        # set by the runner on the packed CPU path (kernels/cpu_decode_attention.cpp): a lone request's one row
-        # attends in one C++ call; not bit-equal to SDPA, so the exact float32 path keeps SDPA
-        self.cpu_decode_attention = None
+        # set by the runner on the packed CPU path (kernels/cpu_decode_attention.cpp): the decode rows attend over
+        # the paged cache by block table in one C++ call; not bit-equal to SDPA, so the exact float32 path keeps SDPA
+        self.cpu_paged_decode = None
         num_slots = spec.num_blocks * spec.block_size
         shape = (spec.num_layers, num_slots, spec.num_kv_heads, spec.head_dim)
         # Padded gathers read slots no request wrote, so those must hold finite values. A large CPU
@@ -83,10 +93,20 @@ class TorchAttentionBackend:
                 prefills.append(PrefillSpan(start, start + q_len, slots, mask))
             start += q_len
 
+        if self.cpu_paged_decode is not None and decode_idx:
+            return TorchAttentionMetadata(layout.slot_mapping, [], prefills,
+                                          self._paged(decode_idx, decode_ctx, decode_tables))
         decodes = [self._decode_group([decode_idx[i] for i in group], [decode_ctx[i] for i in group],
                                       [decode_tables[i] for i in group])
                    for group in _length_groups(decode_ctx)]
         return TorchAttentionMetadata(layout.slot_mapping, decodes, prefills)
+
+    def _paged(self, rows: list[int], lens: list[int], tables: list[list[int]]) -> PagedDecodes:
+        width = max(-(-n // self.spec.block_size) for n in lens)
+        padded = [t[:width] + [0] * (width - len(t[:width])) for t in tables]
+        batch_rows = (slice(rows[0], rows[0] + len(rows)) if rows == list(range(rows[0], rows[0] + len(rows)))
+                      else torch.tensor(rows, device=self.device))
+        return PagedDecodes(batch_rows, torch.tensor(padded, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32))
 
     def _decode_group(self, rows: list[int], lens: list[int], tables: list[list[int]]) -> DecodeGroup:
         max_ctx = max(lens)
@@ -126,11 +146,17 @@ class TorchAttentionBackend:
         k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]  # [S, Hkv, D]
         k_cache.index_copy_(0, metadata.slot_mapping, k)
         v_cache.index_copy_(0, metadata.slot_mapping, v)
+        paged = metadata.paged
+        if paged is not None:
+            o = self.cpu_paged_decode(q[paged.rows], k_cache, v_cache, paged.tables, paged.lens,
+                                      self.spec.block_size, self.scale)
+            if not metadata.prefills:  # the whole batch is decode rows
+                return o
         only = metadata.decodes[0] if len(metadata.decodes) == 1 and not metadata.prefills else None
         whole = only is not None and isinstance(only.rows, slice) and only.rows == slice(0, q.shape[0])
-        if whole and self.cpu_decode_attention is not None and q.shape[0] == 1 and isinstance(only.slots, slice):
-            return self.cpu_decode_attention(q, k_cache[only.slots], v_cache[only.slots], self.scale)
         out = None if whole else torch.empty_like(q)
+        if paged is not None:
+            out[paged.rows] = o
         for group in metadata.decodes:
             # q_d: [B, H, 1, D]; k_d/v_d: [B, Hkv, L, D]
             q_d = q[group.rows].unsqueeze(2)

@@ -1,5 +1,5 @@
-"""kernels/cpu_decode_attention.cpp: one query row attending over a context in place, as the torch backend's
-lone request does on the packed CPU path; it matches SDPA with grouped KV heads to float32 rounding."""
+"""kernels/cpu_decode_attention.cpp: decode rows attending straight over the paged KV cache by block table, as the
+torch backend's decode rows do on the packed CPU path; each row matches SDPA over its context gathered by hand."""
 
 from __future__ import annotations
 
@@ -9,18 +9,31 @@ import torch.nn.functional as F
 
 from pegboard.kernels.cpu_build import compiled_ops
 
-
-@pytest.mark.parametrize("heads, kv_heads, head_dim, length", [(9, 3, 64, 1), (9, 3, 64, 300), (4, 4, 24, 17)])
-def test_one_row_matches_sdpa(heads, kv_heads, head_dim, length):  # 24: a head size that is not 16 lanes
-    q = torch.randn(1, heads, head_dim)
-    k, v = torch.randn(length, kv_heads, head_dim), torch.randn(length, kv_heads, head_dim)
-    out = compiled_ops().decode_attention(q, k, v, head_dim ** -0.5)
-    want = F.scaled_dot_product_attention(q[:, :, None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                                          scale=head_dim ** -0.5, enable_gqa=True)[:, :, 0]
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+BLOCK = 4
 
 
-def test_a_context_that_is_not_contiguous_is_refused():
-    k = torch.randn(8, 4, 2, 16)[:, :, 0]  # [L, Hkv, D] with a stride gap
-    with pytest.raises(RuntimeError, match="contiguous float32"):
-        compiled_ops().decode_attention(torch.randn(1, 4, 16), k, k, 0.25)
+def gathered_sdpa(q, k_cache, v_cache, table, length):
+    """One request's attention over its context gathered from the cache (the plain-torch reference)."""
+    slots = torch.tensor([table[t // BLOCK] * BLOCK + t % BLOCK for t in range(length)])
+    k, v = k_cache[slots].transpose(0, 1)[None], v_cache[slots].transpose(0, 1)[None]
+    return F.scaled_dot_product_attention(q[None, :, None], k, v, scale=q.shape[-1] ** -0.5, enable_gqa=True)[0, :, 0]
+
+
+@pytest.mark.parametrize("heads, kv_heads, head_dim", [(9, 3, 64), (4, 4, 24)])  # 24: not a multiple of 16 lanes
+def test_each_row_matches_sdpa_over_its_own_blocks(heads, kv_heads, head_dim):
+    k_cache, v_cache = torch.randn(64, kv_heads, head_dim), torch.randn(64, kv_heads, head_dim)
+    tables = [[5, 2, 9, 0, 0], [1, 3, 4, 6, 7], [11, 0, 0, 0, 0]]  # scattered blocks, padded with 0
+    lens = [10, 17, 1]  # a partial last block, a full table's worth, one token
+    q = torch.randn(3, heads, head_dim)
+    out = compiled_ops().paged_decode_attention(q, k_cache, v_cache, torch.tensor(tables, dtype=torch.int32),
+                                                torch.tensor(lens, dtype=torch.int32), BLOCK, head_dim ** -0.5)
+    for b in range(3):
+        torch.testing.assert_close(out[b], gathered_sdpa(q[b], k_cache, v_cache, tables[b], lens[b]),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_a_context_longer_than_its_block_table_is_refused():
+    cache = torch.randn(16, 2, 16)
+    with pytest.raises(RuntimeError, match="outside its block table"):
+        compiled_ops().paged_decode_attention(torch.randn(1, 2, 16), cache, cache, torch.tensor([[1]], dtype=torch.int32),
+                                              torch.tensor([5], dtype=torch.int32), BLOCK, 0.25)

@@ -2,12 +2,13 @@
 // for request b, out[b, h] = softmax(scale * q[b, h] . k[slot(b, t), h / G]) . v[slot(b, t), h / G] over
 // t < lens[b], slot(b, t) = tables[b, t / block_size] * block_size + t % block_size, G = H / Hkv query heads per KV
 // head. No padded gather of the contexts, and one C++ call a layer instead of SDPA's views, checks and dispatch
-// (89 us a layer with them for one SmolLM2 token, most of it not arithmetic). (request, head) pairs split across
-// torch's intra-op threads; the softmax in float32.
+// (89 us a layer with them for one SmolLM2 token, most of it not arithmetic). (request, KV head) pairs split across
+// torch's intra-op threads, each reading its K and V rows once for its G query heads; the softmax in float32.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -56,31 +57,38 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   const float* vp = v_cache.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  // one (request, KV head) pair at a time: its G query heads read each K and V row once
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> p;
     std::vector<int64_t> rows;
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / H, h = i % H, kv = h / G, L = lp[b];
-      p.resize(L);
+      const int64_t b = i / Hkv, kv = i % Hkv, L = lp[b];
+      p.resize(G * L);  // p[g * L + t]
       rows.resize(L);
       for (int64_t t = 0; t < L; ++t) {
         const int64_t slot = static_cast<int64_t>(tp[b * nb + t / block_size]) * block_size + t % block_size;
         TORCH_CHECK(slot >= 0 && slot < slots, "cache slot ", slot, " out of range");
         rows[t] = (slot * Hkv + kv) * D;
       }
-      float peak = -std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < L; ++t) {
-        p[t] = sc * dot(qp + i * D, kp + rows[t], D);
-        peak = std::max(peak, p[t]);
+      const float* q0 = qp + (b * H + kv * G) * D;  // the group's query heads, consecutive
+      for (int64_t t = 0; t < L; ++t)
+        for (int64_t g = 0; g < G; ++g) p[g * L + t] = sc * dot(q0 + g * D, kp + rows[t], D);
+      for (int64_t g = 0; g < G; ++g) {
+        float* pg = p.data() + g * L;
+        const float peak = *std::max_element(pg, pg + L);
+        float total = 0.f;
+        for (int64_t t = 0; t < L; ++t) total += (pg[t] = std::exp(pg[t] - peak));
+        for (int64_t t = 0; t < L; ++t) pg[t] /= total;
+        float* o = op + (b * H + kv * G + g) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
       }
-      float total = 0.f;
-      for (int64_t t = 0; t < L; ++t) total += (p[t] = std::exp(p[t] - peak));
-      float* o = op + i * D;
-      for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
       for (int64_t t = 0; t < L; ++t) {
         const float* vr = vp + rows[t];
-        const float w = p[t] / total;
-        for (int64_t d = 0; d < D; ++d) o[d] += w * vr[d];
+        for (int64_t g = 0; g < G; ++g) {
+          float* o = op + (b * H + kv * G + g) * D;
+          const float w = p[g * L + t];
+          for (int64_t d = 0; d < D; ++d) o[d] += w * vr[d];
+        }
       }
     }
   });

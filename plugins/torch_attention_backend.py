@@ -102,6 +102,7 @@ class TorchAttentionBackend:
         return TorchAttentionMetadata(layout.slot_mapping, decodes, prefills)
 
     def _paged(self, rows: list[int], lens: list[int], tables: list[list[int]]) -> PagedDecodes:
+        """The step's decode rows with their block tables (cut to the longest context's blocks) and lengths."""
         width = max(-(-n // self.spec.block_size) for n in lens)
         padded = [t[:width] + [0] * (width - len(t[:width])) for t in tables]
         batch_rows = (slice(rows[0], rows[0] + len(rows)) if rows == list(range(rows[0], rows[0] + len(rows)))

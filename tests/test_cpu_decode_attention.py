@@ -34,6 +34,6 @@ def test_each_row_matches_sdpa_over_its_own_blocks(heads, kv_heads, head_dim):
 
 def test_a_context_longer_than_its_block_table_is_refused():
     cache = torch.randn(16, 2, 16)
+    table, length = torch.tensor([[1]], dtype=torch.int32), torch.tensor([5], dtype=torch.int32)  # 5 tokens, 1 block
     with pytest.raises(RuntimeError, match="outside its block table"):
-        compiled_ops().paged_decode_attention(torch.randn(1, 2, 16), cache, cache, torch.tensor([[1]], dtype=torch.int32),
-                                              torch.tensor([5], dtype=torch.int32), BLOCK, 0.25)
+        compiled_ops().paged_decode_attention(torch.randn(1, 2, 16), cache, cache, table, length, BLOCK, 0.25)

@@ -19,7 +19,8 @@ from pathlib import Path
 # bench_cpu_decode.py's chat prompt as SmolLM2's chat template renders it (its default system message included);
 # llama-cpp-python 0.3.36's create_chat_completion crashed on this file here, so the text goes to create_completion
 PROMPT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-          "<|im_start|>user\nTell me about the history of Paris in a few paragraphs.<|im_end|>\n<|im_start|>assistant\n")
+          "<|im_start|>user\nTell me about the history of Paris in a few paragraphs.<|im_end|>\n"
+          "<|im_start|>assistant\n")
 DEFAULT_GGUF = Path.home() / ".cache/pegboard/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -13,10 +13,7 @@ from torch import nn
 def packed_tensors(linear: nn.Module) -> list[torch.Tensor] | None:
     """A packed linear layer's weight as the C++ blocks take it ([values, dot_values, scales, mins]), else None."""
     weight = getattr(getattr(linear, "scheme", None), "weight", None)
-    if weight is None or not hasattr(weight, "dot_values"):
-        return None
-    mins = weight.mins if weight.mins is not None else torch.empty(0)
-    return [weight.values, weight.dot_values, weight.scales, mins]
+    return weight.tensors if hasattr(weight, "tensors") else None
 
 
 def _bias(linear: nn.Module) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ SOURCES = ("cpu_gguf_matmul.cpp", "cpu_gguf_float_matmul.cpp", "cpu_decoder_bloc
 
 @functools.cache
 def compiled_ops():
-    """The extension module (the q4 / q8 dot and float matmuls, rotary_qk_, add_rms_norm), built or loaded from the cache."""
+    """The extension module (every function kernels/cpu_bindings.cpp binds), built or loaded from the cache."""
     import torch
     from torch.utils.cpp_extension import load
 

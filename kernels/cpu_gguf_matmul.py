@@ -12,6 +12,7 @@ is each kernel's arithmetic in plain torch. The sources are built on first use a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -48,6 +49,11 @@ class PackedGGUFWeight:
     def nbytes(self) -> int:
         """Bytes held (both copies of the quants)."""
         return sum(_size(t) for t in (self.values, self.dot_values, self.scales, self.mins))
+
+    @cached_property
+    def tensors(self) -> list[torch.Tensor]:
+        """[values, dot_values, scales, mins] as the C++ packed_linear takes them (mins empty for 8-bit)."""
+        return [self.values, self.dot_values, self.scales, self.mins if self.mins is not None else torch.empty(0)]
 
     def read_bytes(self, rows: int) -> int:
         """Bytes one product with ``rows`` rows of x reads: one copy of the quants, the scales and mins."""
@@ -147,12 +153,4 @@ def packed_matmul_ref(x: torch.Tensor, w: PackedGGUFWeight) -> torch.Tensor:
 
 def packed_matmul(x: torch.Tensor, w: PackedGGUFWeight) -> torch.Tensor:
     """x: float32 [M, K] -> [M, N] float32, through the integer kernel (up to DOT_MAX_ROWS rows) or the float one."""
-    ops = compiled_ops()
-    x = x.contiguous()
-    if x.shape[0] <= DOT_MAX_ROWS:
-        if w.bits == 4:
-            return ops.q4_dot_matmul(x, w.dot_values, w.scales, w.mins)
-        return ops.q8_dot_matmul(x, w.dot_values, w.scales)
-    if w.bits == 4:
-        return ops.q4_float_matmul(x, w.values, w.scales, w.mins)
-    return ops.q8_float_matmul(x, w.values, w.scales)
+    return compiled_ops().packed_linear(x.contiguous(), w.tensors, None, DOT_MAX_ROWS)

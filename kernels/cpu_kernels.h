@@ -12,6 +12,8 @@ at::Tensor q8_dot_matmul(const at::Tensor& x, const at::Tensor& quants, const at
 at::Tensor q4_float_matmul(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scale,
                            const at::Tensor& min);
 at::Tensor q8_float_matmul(const at::Tensor& x, const at::Tensor& quants, const at::Tensor& scale);
+at::Tensor packed_linear(const at::Tensor& x, const std::vector<at::Tensor>& w, const c10::optional<at::Tensor>& bias,
+                         int64_t dot_max_rows);
 void rotary_qk_(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin,
                 int64_t heads, int64_t head_dim);
 std::vector<at::Tensor> add_rms_norm(const at::Tensor& x, const c10::optional<at::Tensor>& residual,

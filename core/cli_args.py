@@ -61,7 +61,9 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
                                                 "--gpu-memory-utilization leaves)"),
     "gpu_memory_utilization": dict(type=float, help="fraction of GPU memory the engine may fill, CUDA only "
                                                     f"(default: {DEFAULT_GPU_MEMORY_UTILIZATION})"),
-    "kv_cache_dtype": dict(help="the KV cache's dtype: auto (the model's) is the only one implemented"),
+    "kv_cache_dtype": dict(help="the KV cache's dtype: auto (the model's; float16 on the packed CPU path), float32, "
+                                "float16 or bfloat16 (another than the model's: torch attention backend only); fp8 "
+                                "is not implemented"),
     "load_format": dict(help="weight loader: auto, safetensors, gguf, dummy or a plugin's"),
     "download_dir": dict(help="directory hub and packaged models are downloaded to (default: the Hugging Face "
                               "cache; packaged models $PEGBOARD_CACHE or ~/.cache/pegboard)"),

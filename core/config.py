@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from pegboard.core.errors import InvalidParameterError
+from pegboard.core.kv_cache_dtype import check_kv_cache_dtype_name
 from pegboard.core.speculative_config import normalized_speculative_config, speculative_model_of
 from pegboard.core.structured_outputs_config import structured_outputs_backend
 
@@ -52,7 +53,7 @@ class EngineConfig:
     skip_tokenizer_init: bool = False
     disable_progress_bar: bool = False
     download_dir: str | None = None  # where hub and packaged models are downloaded; None: their caches
-    kv_cache_dtype: str = "auto"  # only auto: the KV cache holds the model's dtype
+    kv_cache_dtype: str = "auto"  # auto (the model's; float16 on the packed CPU path), float32, float16, bfloat16
     enable_chunked_prefill: bool | None = None  # None or True: prompts over the step's budget go in chunks
     scheduling_policy: str = "fcfs"  # first come, first served; the only policy
     speculative_config: dict | None = None  # vLLM's JSON form of speculative_model / num_speculative_tokens
@@ -116,10 +117,7 @@ class EngineConfig:
 
 def check_vllm_only_values(config: EngineConfig) -> None:
     """vLLM settings Pegboard takes only at the value that matches what it does; any other is refused by name."""
-    if config.kv_cache_dtype != "auto":
-        raise InvalidParameterError(
-            f"kv_cache_dtype={config.kv_cache_dtype!r}: the KV cache is kept in the model's dtype (dtype=); "
-            "quantized (fp8) KV caches are not implemented: pass auto", param="kv_cache_dtype")
+    check_kv_cache_dtype_name(config.kv_cache_dtype)
     if config.enable_chunked_prefill is False:
         raise InvalidParameterError(
             "enable_chunked_prefill=False: the scheduler always prefills a prompt that does not fit the step's "

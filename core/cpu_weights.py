@@ -1,9 +1,10 @@
 """GGUF blocks kept for CPU decode: each linear layer (and the LM head) whose checkpoint tensors are Q4_0, Q4_1 or
 Q8_0 also holds them packed, and batches of up to ``PACKED_MAX_ROWS`` rows multiply by those (a quarter to an
 eighth of float32's memory traffic: kernels/cpu_gguf_matmul.py), a decoder layer whose projections are all packed
-as two C++ calls around attention (core/cpu_decoder_blocks.py); larger batches (prefill chunks) keep the float32
-GEMM. ``cpu_weights="fp32"`` keeps float32 everywhere (the exact path); the packed one computes nearly the same
-products (16-bit activations for up to 4 rows, float32 in another summation order beyond).
+as two C++ calls around attention (core/cpu_decoder_blocks.py). Larger batches (prefill chunks) run a GEMM of the
+dequantized weights: bfloat16 on a CPU with AMX tiles (3.9x float32's speed there), float32 elsewhere.
+``cpu_weights="fp32"`` keeps float32 everywhere (the exact path); the packed one computes nearly the same products
+(16-bit activations against the integer quants; bfloat16 prompt products where AMX runs them).
 """
 
 from __future__ import annotations
@@ -22,10 +23,17 @@ from pegboard.core.weight_loading import route
 
 logger = logging.getLogger("pegboard.cpu_weights")
 
-# Decode batches (up to 64 rows) use the packed kernel: 2-9x float32 F.linear's speed there on SmolLM2's shapes
-# (2-core AMD EPYC, tests/cpu/bench_cpu_kernels.py). Prefill chunks (256 rows on CPU) stay float32: a 512-token
-# prefill measured the same either way in the engine (docs/benchmarks.md), and prompts keep the exact products.
+# Decode batches (up to 64 rows) use the packed kernel: 1.8-7x float32 F.linear's speed there on SmolLM2's shapes
+# (2-core Xeon and AMD EPYC, tests/cpu/bench_cpu_kernels.py). Steps with prefill chunks (256 prompt rows and more on
+# CPU) measured slower through it than through the float32 GEMM in the engine (docs/benchmarks.md).
 PACKED_MAX_ROWS = 64
+
+
+def prefill_gemm_dtype() -> torch.dtype:
+    """bfloat16 where the CPU has AMX tiles (30 layers of SmolLM2 at 290 rows: 61 against 235 ms in float32, 2-core
+    Xeon), float32 elsewhere (without AMX, bfloat16 GEMMs are not measured faster here)."""
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    return torch.bfloat16 if has_amx() else torch.float32
 
 
 def wants_packed_weights(setting: str, device: torch.device, dtype: torch.dtype, loader: Any, tp_size: int) -> bool:
@@ -53,13 +61,16 @@ def wants_packed_weights(setting: str, device: torch.device, dtype: torch.dtype,
 
 
 class PackedCPUScheme:
-    """A layer's own scheme: up to ``max_rows`` rows through its packed GGUF blocks, more through ``base``."""
+    """A layer's own scheme: up to ``max_rows`` rows through its packed GGUF blocks, more through ``base`` (or, given
+    ``prefill_weight``, a bfloat16 copy of the layer's weight)."""
 
-    def __init__(self, base: QuantizationScheme, weight: Any, max_rows: int) -> None:
+    def __init__(self, base: QuantizationScheme, weight: Any, max_rows: int,
+                 prefill_weight: torch.Tensor | None = None) -> None:
         self.name = f"{base.name}+gguf{weight.bits}"
         self.base = base
         self.weight = weight  # kernels.cpu_gguf_matmul.PackedGGUFWeight
         self.max_rows = max_rows
+        self.prefill_weight = prefill_weight
 
     def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], dtype: torch.dtype) -> None:
         raise RuntimeError("a packed scheme is set on a loaded layer; it creates no weights")
@@ -69,10 +80,13 @@ class PackedCPUScheme:
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if x.shape[0] > self.max_rows:
-            return self.base.apply(layer, x, bias)
-        from pegboard.kernels.cpu_gguf_matmul import packed_matmul
+            if self.prefill_weight is None:
+                return self.base.apply(layer, x, bias)
+            y = torch.nn.functional.linear(x.to(self.prefill_weight.dtype), self.prefill_weight).float()
+        else:
+            from pegboard.kernels.cpu_gguf_matmul import packed_matmul
 
-        y = packed_matmul(x, self.weight)
+            y = packed_matmul(x, self.weight)
         return y if bias is None else y.add_(bias)
 
 
@@ -124,6 +138,7 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
             continue  # a width the kernel does not take: that layer stays float32
         shards.setdefault(module_name, {})[shard_id] = packed
     total = 0
+    prefill_dtype = prefill_gemm_dtype()
     for module_name, parts in shards.items():
         module = model.get_submodule(module_name)
         if isinstance(module, LinearBase):
@@ -138,7 +153,8 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
                 continue  # shards of different types: float32
             if weight.shape != tuple(module.weight.shape):
                 continue
-            module.scheme = PackedCPUScheme(module.scheme, weight, max_rows)
+            prefill = None if prefill_dtype == module.weight.dtype else module.weight.detach().to(prefill_dtype)
+            module.scheme = PackedCPUScheme(module.scheme, weight, max_rows, prefill)
         elif module_name == "lm_head" and None in parts and parts[None].shape == tuple(module.weight.shape):
             weight = parts[None]
             model.lm_head = PackedLMHead(module, weight, max_rows)
@@ -154,6 +170,6 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
             module.fused_add_norm = compiled_ops().add_rms_norm
         if hasattr(module, "use_packed_blocks") and rotary is not None and rotary.fused_qk is not None:
             blocks += module.use_packed_blocks(compiled_ops(), max_rows, DOT_MAX_ROWS)
-    logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows; %d layers as C++ blocks)",
-                total / 1e6, max_rows, blocks)
+    logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows; %d layers as C++ blocks); "
+                "larger batches: %s GEMMs", total / 1e6, max_rows, blocks, str(prefill_dtype).removeprefix("torch."))
     return total

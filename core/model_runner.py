@@ -12,6 +12,7 @@ from pegboard.core.attention import AttentionBackend, AttentionContext, BatchLay
 from pegboard.core.config import DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
 from pegboard.core.cpu_weights import pack_model_weights, wants_packed_weights
 from pegboard.core.cuda_graphs import DecodeGraphs
+from pegboard.core.kv_cache_dtype import resolve_kv_cache_dtype
 from pegboard.core.piecewise_graphs import PiecewiseGraphs
 from pegboard.core.layer_factory import LayerFactory, building_with
 from pegboard.core.logprobs import top_logprobs
@@ -89,7 +90,9 @@ class ModelRunner:
         watch = watch_triton_compiles() if self.device.type == "cuda" else None
         if watch is not None:
             watch.warmed_up = False  # this engine's warm-up compiles are expected (a second engine in a process too)
-        self.kv_spec = self._kv_cache_spec(make_backend)
+        kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, self.dtype, attention_backend=backend_name,
+                                          packed_cpu=packed and backend_name == "torch")
+        self.kv_spec = self._kv_cache_spec(make_backend, kv_dtype)
         self.attention = make_backend(self.kv_spec)
         if packed and hasattr(self.attention, "cpu_paged_decode"):  # the torch backend's decode rows in C++
             from pegboard.kernels.cpu_build import compiled_ops
@@ -104,7 +107,7 @@ class ModelRunner:
         if self.device.type == "cuda" and not config.enforce_eager and config.cudagraph_mode == "full_and_piecewise":
             self.prefill_graphs = PiecewiseGraphs(
                 self.model, self.attention, max_tokens=config.max_num_batched_tokens, num_heads=attn.num_heads,
-                num_kv_heads=self.kv_spec.num_kv_heads, head_dim=self.kv_spec.head_dim, dtype=self.kv_spec.dtype,
+                num_kv_heads=self.kv_spec.num_kv_heads, head_dim=self.kv_spec.head_dim, dtype=self.dtype,
                 device=self.device)
             self.prefill_graphs.capture()
         if watch is not None:
@@ -138,13 +141,13 @@ class ModelRunner:
             return "triton"
         return "torch"
 
-    def _kv_cache_spec(self, make_backend: Any) -> KVCacheSpec:
+    def _kv_cache_spec(self, make_backend: Any, dtype: torch.dtype) -> KVCacheSpec:
         """Size the KV cache: explicit block count, else kv_cache_memory_gb, else the memory budget (on CUDA: what
         gpu_memory_utilization leaves after the weights and the measured activation peak; 4 GiB on CPU), capped
         at what max_num_seqs requests of max_model_len tokens could ever use."""
         attn = self.model.layers[0].self_attn
         spec = KVCacheSpec(num_layers=len(self.model.layers), num_kv_heads=attn.num_kv_heads,
-                           head_dim=attn.head_dim, block_size=self.block_size, num_blocks=0, dtype=self.dtype)
+                           head_dim=attn.head_dim, block_size=self.block_size, num_blocks=0, dtype=dtype)
         per_block = spec.bytes_per_block()
         most_useful = self.config.max_num_seqs * -(-self.max_model_len // self.block_size)
         if self.device.type == "cuda":  # also compiles the kernels before the first request
@@ -173,8 +176,9 @@ class ModelRunner:
             raise InvalidParameterError(
                 f"the KV cache holds {spec.num_blocks * self.block_size} tokens, fewer than max_model_len "
                 f"({self.max_model_len}): give it more memory or lower max_model_len", param="max_model_len")
-        logger.info("KV cache: %d blocks of %d tokens (%.2f GiB); max concurrency at max_model_len: %.1f",
+        logger.info("KV cache: %d blocks of %d tokens (%.2f GiB, %s); max concurrency at max_model_len: %.1f",
                     spec.num_blocks, self.block_size, spec.num_blocks * per_block / 2**30,
+                    str(spec.dtype).removeprefix("torch."),
                     spec.num_blocks * self.block_size / self.max_model_len)
         return spec
 

@@ -15,7 +15,7 @@ at::Tensor packed_linear(const at::Tensor& x, const std::vector<at::Tensor>& w, 
   const bool four_bit = w[0].scalar_type() == at::kByte;
   at::Tensor y;
   if (x.size(0) <= dot_max_rows)
-    y = four_bit ? q4_dot_matmul(x, w[1], w[2], w[3]) : q8_dot_matmul(x, w[1], w[2]);
+    y = four_bit ? q4_dot_matmul(x, w[1], w[2]) : q8_dot_matmul(x, w[1], w[2]);
   else
     y = four_bit ? q4_float_matmul(x, w[0], w[2], w[3]) : q8_float_matmul(x, w[0], w[2]);
   if (bias.has_value()) y.add_(*bias);

@@ -1,12 +1,13 @@
 """CPU matmul over weights kept in GGUF blocks (Q4_0, Q4_1, Q8_0), two C++ kernels (built on first use).
 
-``pack_gguf_rows`` turns a tensor's raw GGUF blocks into ``PackedGGUFWeight``: the quants twice, in GGUF's order
-and in the integer kernel's dot layout, with scales and mins per output row. ``packed_matmul(x, packed)`` is
-``x @ dequantized.T``; up to ``DOT_MAX_ROWS`` rows of x go through integer dot products (cpu_gguf_matmul.cpp: x
-quantized to 16 bits per block of 32, an error under 2e-5 of the block's largest value, its products summed exactly
-in int32 by AVX512-VNNI), larger batches through float32 products of weights dequantized in registers
-(cpu_gguf_float_matmul.cpp), which keep pace better when several rows share each weight. ``packed_matmul_ref``
-is each kernel's arithmetic in plain torch. The sources are built on first use and cached (kernels/cpu_build.py).
+``pack_gguf_rows`` turns a tensor's raw GGUF blocks into ``PackedGGUFWeight``: the quants in GGUF's order with
+scales and mins per output row, and all of them again in the integer kernel's dot layout (tiles of 16 rows
+interleaved). ``packed_matmul(x, packed)`` is ``x @ dequantized.T``; up to ``DOT_MAX_ROWS`` rows of x go through
+integer dot products (cpu_gguf_matmul.cpp: x quantized to 16 bits per block of 32, an error under 2e-5 of the
+block's largest value, its products summed exactly in int32 by AVX512-VNNI), larger batches through float32
+products of weights dequantized in registers (cpu_gguf_float_matmul.cpp; slower at every row count measured, so
+no engine path reaches it now). ``packed_matmul_ref`` is each kernel's arithmetic in plain torch. The sources are
+built on first use and cached (kernels/cpu_build.py).
 """
 
 from __future__ import annotations
@@ -21,23 +22,23 @@ from pegboard.kernels.cpu_build import compiled_ops
 Q4_0, Q4_1, Q8_0 = 2, 3, 8  # ggml type ids
 PACKED_TYPES = (Q4_0, Q4_1, Q8_0)
 _BLOCK = 32
-_GROUP = 16  # blocks per group of the dot layout: one per 32-bit lane of a 512-bit register
+_LANES = 16  # weight rows per tile of the dot layout: one per 32-bit lane of a 512-bit register
 
 
-# Rows of x up to which the integer kernel is faster (SmolLM2's shapes, 2-core Xeon, tests/cpu/bench_cpu_kernels.py:
-# 1 row 3.2 against 7.4 ms for 30 layers, 4 rows 8.5 against 9.3, 8 rows 15.6 against 14.0).
-DOT_MAX_ROWS = 4
+# Rows of x that go through the integer kernel: every decode batch (core/cpu_weights.py's PACKED_MAX_ROWS). It beat
+# the float kernel at every row count measured (30 SmolLM2 layers, 2-core Xeon: 1 row 2.9 against 7.1 ms, 64 rows
+# 41 against 72, 256 rows 152 against 264; 2-core AMD EPYC: 3.5 against 8.8, 60 against 111 at 64).
+DOT_MAX_ROWS = 64
 
 
 @dataclass(frozen=True)
 class PackedGGUFWeight:
     """One [N, K] weight in GGUF blocks: ``values`` nibbles uint8 [N, K/2] (4-bit) or int8 [N, K] (8-bit) in GGUF's
-    order, ``dot_values`` the same quants in the dot layout (8-bit: each + 128, as uint8), ``scales`` and ``mins``
-    (4-bit only) float16 [N, K/32]."""
+    order, ``scales`` and ``mins`` (4-bit only) float16 [N, K/32]; ``dot_values`` (built on first use) is all of
+    them again in the integer kernel's dot layout."""
 
     bits: int
     values: torch.Tensor
-    dot_values: torch.Tensor
     scales: torch.Tensor
     mins: torch.Tensor | None
 
@@ -46,8 +47,13 @@ class PackedGGUFWeight:
         n = self.values.shape[0]
         return n, self.scales.shape[1] * _BLOCK
 
+    @cached_property
+    def dot_values(self) -> torch.Tensor:
+        """uint8 [ceil(N / 16), tile bytes]: tiles of 16 rows, their quants (8-bit: each + 128), scales and mins."""
+        return _dot_layout(self)
+
     def nbytes(self) -> int:
-        """Bytes held (both copies of the quants)."""
+        """Bytes held (both layouts)."""
         return sum(_size(t) for t in (self.values, self.dot_values, self.scales, self.mins))
 
     @cached_property
@@ -56,9 +62,10 @@ class PackedGGUFWeight:
         return [self.values, self.dot_values, self.scales, self.mins if self.mins is not None else torch.empty(0)]
 
     def read_bytes(self, rows: int) -> int:
-        """Bytes one product with ``rows`` rows of x reads: one copy of the quants, the scales and mins."""
-        quants = self.dot_values if rows <= DOT_MAX_ROWS else self.values
-        return sum(_size(t) for t in (quants, self.scales, self.mins))
+        """Bytes one product with ``rows`` rows of x reads: one layout's quants, scales and mins."""
+        if rows <= DOT_MAX_ROWS:
+            return _size(self.dot_values)
+        return sum(_size(t) for t in (self.values, self.scales, self.mins))
 
 
 def _size(t: torch.Tensor | None) -> int:
@@ -74,9 +81,7 @@ def pack_gguf_rows(raw: torch.Tensor, ggml_type: int, shape: tuple[int, int]) ->
     if ggml_type == Q8_0:
         blocks = raw.view(n, nb, 34)
         scales = blocks[:, :, 0:2].contiguous().view(torch.float16).view(n, nb)
-        quants = blocks[:, :, 2:].reshape(n, k)
-        dot = _dot_layout(quants ^ 0x80, 32)  # q + 128 as uint8: the unsigned side of vpdpbusd
-        return PackedGGUFWeight(8, quants.view(torch.int8), dot, scales, None)
+        return PackedGGUFWeight(8, blocks[:, :, 2:].reshape(n, k).view(torch.int8), scales, None)
     head = 2 if ggml_type == Q4_0 else 4
     blocks = raw.view(n, nb, head + 16)
     scales = blocks[:, :, 0:2].contiguous().view(torch.float16).view(n, nb)
@@ -84,20 +89,26 @@ def pack_gguf_rows(raw: torch.Tensor, ggml_type: int, shape: tuple[int, int]) ->
         mins = scales * -8  # (q - 8) * d == q * d + (-8 d), exactly: -8 d is exact in float16
     else:
         mins = blocks[:, :, 2:4].contiguous().view(torch.float16).view(n, nb)
-    nibbles = blocks[:, :, head:].reshape(n, k // 2)
-    return PackedGGUFWeight(4, nibbles, _dot_layout(nibbles, 16), scales, mins)
+    return PackedGGUFWeight(4, blocks[:, :, head:].reshape(n, k // 2), scales, mins)
 
 
-def _dot_layout(values: torch.Tensor, block_bytes: int) -> torch.Tensor:
-    """[N, nb * block_bytes] block bytes -> the dot layout: per group of up to 16 blocks, word L of every block
-    (4 bytes) side by side, one 32-bit lane per block."""
-    n, nb = values.shape[0], values.shape[1] // block_bytes
-    groups = []
-    for b0 in range(0, nb, _GROUP):
-        g = min(_GROUP, nb - b0)
-        part = values[:, b0 * block_bytes:(b0 + g) * block_bytes].reshape(n, g, block_bytes // 4, 4)
-        groups.append(part.transpose(1, 2).reshape(n, -1))
-    return torch.cat(groups, dim=1).contiguous()
+def _dot_layout(w: PackedGGUFWeight) -> torch.Tensor:
+    """The dot layout (cpu_gguf_matmul.cpp): rows padded to tiles of 16; per tile, block by block, word L (4 bytes)
+    of the 16 rows side by side; then the tile's scales block by block, then its mins."""
+    n, nb = w.values.shape[0], w.scales.shape[1]
+    tiles = -(-n // _LANES)
+    pad = tiles * _LANES - n
+    quants = w.values.view(torch.uint8) ^ 0x80 if w.bits == 8 else w.values  # 8-bit: q + 128, vpdpbusd's unsigned
+    words = w.bits * _BLOCK // 32  # 4-byte words a block of one row
+    parts = [quants.view(n, nb, words, 4), w.scales.view(torch.uint8).view(n, nb, 1, 2)]
+    if w.mins is not None:
+        parts.append(w.mins.view(torch.uint8).view(n, nb, 1, 2))
+    laid = []
+    for part in parts:
+        part = torch.nn.functional.pad(part, (0, 0, 0, 0, 0, 0, 0, pad))  # zero rows: zero outputs
+        # [tiles, 16, nb, words, bytes] -> [tiles, nb, words, 16, bytes]
+        laid.append(part.view(tiles, _LANES, *part.shape[1:]).permute(0, 2, 3, 1, 4).reshape(tiles, -1))
+    return torch.cat(laid, dim=1).contiguous()
 
 
 def concat_packed(parts: list[PackedGGUFWeight]) -> PackedGGUFWeight:
@@ -106,8 +117,8 @@ def concat_packed(parts: list[PackedGGUFWeight]) -> PackedGGUFWeight:
     if any(p.bits != first.bits or p.shape[1] != first.shape[1] for p in parts):
         raise ValueError("packed shards differ in kind or width")
     mins = None if first.mins is None else torch.cat([p.mins for p in parts])
-    return PackedGGUFWeight(first.bits, torch.cat([p.values for p in parts]), torch.cat([p.dot_values for p in parts]),
-                            torch.cat([p.scales for p in parts]), mins)
+    return PackedGGUFWeight(first.bits, torch.cat([p.values for p in parts]), torch.cat([p.scales for p in parts]),
+                            mins)
 
 
 def _quants(w: PackedGGUFWeight) -> torch.Tensor:

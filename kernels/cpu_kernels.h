@@ -7,8 +7,8 @@
 
 #include <vector>
 
-at::Tensor q4_dot_matmul(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scale, const at::Tensor& min);
-at::Tensor q8_dot_matmul(const at::Tensor& x, const at::Tensor& quants, const at::Tensor& scale);
+at::Tensor q4_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale);
+at::Tensor q8_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale);
 at::Tensor q4_float_matmul(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scale,
                            const at::Tensor& min);
 at::Tensor q8_float_matmul(const at::Tensor& x, const at::Tensor& quants, const at::Tensor& scale);

@@ -143,10 +143,11 @@ class TorchAttentionBackend:
 
     def forward(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 metadata: TorchAttentionMetadata) -> torch.Tensor:
-        """Write k, v into the cache, then attend. q: [T, H, D], k/v: [T, Hkv, D] -> [T, H, D]."""
+        """Write k, v into the cache, then attend. q: [T, H, D], k/v: [T, Hkv, D] -> [T, H, D]. A cache of another
+        dtype than q's (``kv_cache_dtype``) is converted on write and on read."""
         k_cache, v_cache = self.k_cache[layer], self.v_cache[layer]  # [S, Hkv, D]
-        k_cache.index_copy_(0, metadata.slot_mapping, k)
-        v_cache.index_copy_(0, metadata.slot_mapping, v)
+        k_cache.index_copy_(0, metadata.slot_mapping, k.to(k_cache.dtype))
+        v_cache.index_copy_(0, metadata.slot_mapping, v.to(v_cache.dtype))
         paged = metadata.paged
         if paged is not None:
             o = self.cpu_paged_decode(q[paged.rows], k_cache, v_cache, paged.tables, paged.lens,
@@ -167,6 +168,7 @@ class TorchAttentionBackend:
             else:
                 k_d = _gather(k_cache, group.slots).transpose(1, 2)
                 v_d = _gather(v_cache, group.slots).transpose(1, 2)
+            k_d, v_d = k_d.to(q.dtype), v_d.to(q.dtype)
             o = F.scaled_dot_product_attention(q_d, k_d, v_d, attn_mask=group.mask, scale=self.scale,
                                                enable_gqa=True)
             if out is None:  # the whole batch is this group: its output is the layer's
@@ -180,8 +182,8 @@ class TorchAttentionBackend:
                 k_p = k[span.start:span.end].transpose(0, 1)[None]  # [1, Hkv, q, D]
                 v_p = v[span.start:span.end].transpose(0, 1)[None]
             else:
-                k_p = _read(k_cache, span.slots).transpose(0, 1)[None]  # [1, Hkv, ctx, D]
-                v_p = _read(v_cache, span.slots).transpose(0, 1)[None]
+                k_p = _read(k_cache, span.slots).to(q.dtype).transpose(0, 1)[None]  # [1, Hkv, ctx, D]
+                v_p = _read(v_cache, span.slots).to(q.dtype).transpose(0, 1)[None]
             o = F.scaled_dot_product_attention(q_p, k_p, v_p, attn_mask=span.mask, is_causal=span.mask is None,
                                                scale=self.scale, enable_gqa=True)
             out[span.start:span.end] = o[0].transpose(0, 1)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pegboard import LLM, SamplingParams
 from pegboard.core.config import EngineConfig
@@ -52,6 +53,8 @@ def test_packed_path_gives_the_float32_paths_greedy_tokens(smollm2_gguf):
     model = exact.engine.executor.runner.model
     exact_schemes = {type(m.scheme).__name__ for m in model.modules() if hasattr(m, "scheme")}
     assert exact_schemes == {"UnquantizedScheme"}  # fp32: nothing packed
+    caches = [llm.engine.executor.runner.attention.k_cache.dtype for llm in (exact, packed)]
+    assert caches == [torch.float32, torch.float16]  # kv_cache_dtype=auto: float16 on the packed path
     tokenizer = exact.get_tokenizer()
     prompts = [{"prompt_token_ids": tokenizer(s).input_ids} for s in _SENTENCES]
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, min_tokens=MAX_TOKENS, logprobs=2)
@@ -69,6 +72,25 @@ def test_packed_path_gives_the_float32_paths_greedy_tokens(smollm2_gguf):
             assert top2[0] - top2[1] < 1e-2, f"divergence at step {i} where the reference is not a near-tie"
         print(f"{len(batch)} prompts at once: {same} of {len(batch)} identical")
         assert same >= min(15, len(batch))
+
+
+def test_batches_over_max_rows_multiply_by_the_prefill_copy_where_there_is_one():
+    from pegboard.core.cpu_weights import PackedCPUScheme, prefill_gemm_dtype
+    from pegboard.core.quantization import UnquantizedScheme
+    from pegboard.kernels.cpu_gguf_matmul import Q8_0, dequantize_packed, pack_gguf_rows
+
+    torch.manual_seed(0)
+    blocks = torch.randint(0, 256, (64 * 2, 34), dtype=torch.uint8)
+    blocks[:, 0:2] = (torch.rand(64 * 2) * 0.02).half().view(torch.uint8).view(-1, 2)
+    packed = pack_gguf_rows(blocks.reshape(-1), Q8_0, (64, 64))
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(dequantize_packed(packed), requires_grad=False)
+    x = torch.randn(9, 64)
+    exact = x @ layer.weight.T  # outputs of a few units
+    for copy, atol in ((None, 1e-5), (layer.weight.to(torch.bfloat16), 0.2)):  # float32 GEMM; bfloat16 (8-bit mantissa)
+        scheme = PackedCPUScheme(UnquantizedScheme(), packed, max_rows=4, prefill_weight=copy)
+        torch.testing.assert_close(scheme.apply(layer, x, None), exact, atol=atol, rtol=0)
+    assert prefill_gemm_dtype() == (torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32)
 
 
 @pytest.mark.slow

@@ -72,11 +72,25 @@ def test_hf_copy_greedy_equals_transformers(smollm2_hf_dir, prompts, hf_greedy):
 
 
 def test_preemption_keeps_outputs_identical(smollm2_gguf, prompts, hf_greedy):
+    """On the exact path, HF's tokens (the packed path's bfloat16 prompt products, where AMX runs them, move one
+    prompt off HF's tokens at a near-tie with or without preemption: the next test checks that path)."""
     llm = LLM(str(smollm2_gguf), dtype="float32", max_model_len=512, device="cpu", num_kv_blocks=40,
-              block_size=16)  # 640 token slots for ~1,900 tokens of work
+              block_size=16, cpu_weights="fp32")  # 640 token slots for ~1,900 tokens of work
     _assert_same_tokens(_greedy(llm, prompts), hf_greedy)
     assert llm.engine.scheduler.num_preemptions_total > 0
     assert llm.engine.block_manager.num_free_blocks == 40
+
+
+def test_preemption_keeps_the_packed_paths_outputs(smollm2_gguf, prompts):
+    """On the default (packed) path, the tokens of a run that preempts are those of a run that does not."""
+    def run(num_kv_blocks):
+        llm = LLM(str(smollm2_gguf), dtype="float32", max_model_len=512, device="cpu", num_kv_blocks=num_kv_blocks,
+                  block_size=16)
+        return [o.outputs[0].token_ids for o in _greedy(llm, prompts)], llm.engine.scheduler.num_preemptions_total
+
+    (preempted, preemptions), (alone, none) = run(40), run(400)
+    assert preemptions > 0 and none == 0
+    assert preempted == alone
 
 
 def test_chunked_prefill_keeps_outputs_identical(smollm2_gguf, prompts, hf_greedy):

@@ -49,6 +49,7 @@ ACCEPTED = [  # (flags, what the EngineConfig then holds)
     (["--speculative-config", '{"model": "[ngram]", "num_speculative_tokens": 2}'],
      dict(speculative_model="[ngram]", num_speculative_tokens=2)),
     (["--kv-cache-dtype", "auto"], dict(kv_cache_dtype="auto")),
+    (["--kv-cache-dtype", "float16"], dict(kv_cache_dtype="float16")),
     (["--enable-chunked-prefill"], dict(enable_chunked_prefill=True)),
     (["--scheduling-policy", "fcfs"], dict(scheduling_policy="fcfs")),
     (["--generation-config", "vllm"], dict(generation_config="vllm")),
@@ -207,7 +208,7 @@ REFUSED = [  # (flags, the refusal)
     (["--speculative-config", '{"method": "ngram"}'], "'num_speculative_tokens' must be a positive integer"),
     (["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 2}', "--num-speculative-tokens", "2"],
      "speculative_config and speculative_model / num_speculative_tokens say the same thing"),
-    (["--kv-cache-dtype", "fp8"], "kv_cache_dtype='fp8': the KV cache is kept in the model's dtype"),
+    (["--kv-cache-dtype", "fp8"], "kv_cache_dtype='fp8': quantized (fp8) KV caches are not implemented"),
     (["--no-enable-chunked-prefill"], "enable_chunked_prefill=False: the scheduler always prefills"),
     (["--scheduling-policy", "priority"], "scheduling_policy='priority': request priorities are not implemented"),
     (["--generation-config", "auto"], "generation_config='auto': applying a generation_config.json"),
@@ -287,7 +288,7 @@ def run_serve(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--kv-cache-dtype", "fp8_e4m3"], "error: kv_cache_dtype='fp8_e4m3': the KV cache is kept in the model's dtype"),
+    (["--kv-cache-dtype", "fp8_e4m3"], "error: kv_cache_dtype='fp8_e4m3': quantized (fp8) KV caches are not implemented"),
     (["--speculative-config", "{method: ngram}"], "argument --speculative-config: not JSON"),
     (["--allowed-origins", "*"], "argument --allowed-origins: must be a JSON list of strings"),
     (["--max-model-len", "-1"], "argument --max-model-len: '-1' is not a count of tokens"),

@@ -1,5 +1,6 @@
 """GGUF blocks kept for CPU decode: each linear layer (and the LM head) whose checkpoint tensors are Q4_0, Q4_1 or
-Q8_0 also holds them packed, and batches of up to ``PACKED_MAX_ROWS`` rows multiply by those (a quarter to an
+Q8_0 also holds them packed, one in another block type (K-quants, Q5_*, IQ*) its float32 weight requantized to
+8-bit blocks of 32 (Q8_0's format), and batches of up to ``PACKED_MAX_ROWS`` rows multiply by those (a quarter to an
 eighth of float32's memory traffic: kernels/cpu_gguf_matmul.py), a decoder layer whose projections are all packed
 as two C++ calls around attention (core/cpu_decoder_blocks.py). Larger batches (prefill chunks) run a GEMM of the
 dequantized weights: bfloat16 on a CPU with AMX tiles (3.9x float32's speed there), float32 elsewhere.
@@ -109,6 +110,25 @@ class PackedLMHead(nn.Module):
         return packed_matmul(hidden, self.packed)
 
 
+def _requantized(weight: torch.Tensor) -> Any:
+    """8-bit blocks of a float32 weight (kernels/cpu_gguf_matmul.py: quantize_rows_q8), or None for a width that is
+    not whole blocks."""
+    from pegboard.kernels.cpu_gguf_matmul import quantize_rows_q8
+
+    try:
+        return quantize_rows_q8(weight)
+    except ValueError:
+        return None
+
+
+def quantized_gguf_types() -> frozenset[int]:
+    """Every ggml block type (a block of more than one value): the ones with a kernel are packed as they are, the
+    others (K-quants, Q5_*, IQ*) requantized to 8-bit blocks from the loaded float32 weights."""
+    from gguf import GGML_QUANT_SIZES
+
+    return frozenset(int(t) for t, (block_size, _) in GGML_QUANT_SIZES.items() if block_size > 1)
+
+
 def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]],
                        max_rows: int = PACKED_MAX_ROWS) -> int:
     """Give every linear layer (and the LM head) whose checkpoint tensors all come in ``blocks`` (HF name, ggml
@@ -120,7 +140,7 @@ def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.
 
 def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]], max_rows: int) -> int:
     from pegboard.kernels.cpu_build import compiled_ops
-    from pegboard.kernels.cpu_gguf_matmul import DOT_MAX_ROWS, concat_packed, pack_gguf_rows
+    from pegboard.kernels.cpu_gguf_matmul import DOT_MAX_ROWS, PACKED_TYPES, concat_packed, pack_gguf_rows
 
     mapping = getattr(model, "packed_modules_mapping", {})
     prefix = getattr(model, "checkpoint_prefix", "")
@@ -132,10 +152,13 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
         module_name = param.removesuffix(".weight")
         if name == f"{prefix}embed_tokens.weight" and getattr(model, "tie_word_embeddings", False):
             module_name, shard_id = "lm_head", None  # the tied head multiplies by the embedding's blocks
-        try:
-            packed = pack_gguf_rows(raw, ggml_type, shape)
-        except ValueError:
-            continue  # a width the kernel does not take: that layer stays float32
+        if ggml_type in PACKED_TYPES:
+            try:
+                packed = pack_gguf_rows(raw, ggml_type, shape)
+            except ValueError:
+                continue  # a width the kernel does not take: that layer stays float32
+        else:
+            packed = None  # another block type: the layer's float32 weight is requantized to 8-bit blocks below
         shards.setdefault(module_name, {})[shard_id] = packed
     total = 0
     prefill_dtype = prefill_gemm_dtype()
@@ -147,16 +170,21 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
             order = module.shard_ids or (None,)
             if set(parts) != set(order) or module.input_slice not in (None, (0, module.input_size)):
                 continue
-            try:
-                weight = concat_packed([parts[s] for s in order])
-            except ValueError:
-                continue  # shards of different types: float32
-            if weight.shape != tuple(module.weight.shape):
+            if any(parts[s] is None for s in order):  # a shard without a kernel of its own
+                weight = _requantized(module.weight)
+            else:
+                try:
+                    weight = concat_packed([parts[s] for s in order])
+                except ValueError:  # shards of different kinds (4- and 8-bit): one 8-bit weight
+                    weight = _requantized(module.weight)
+            if weight is None or weight.shape != tuple(module.weight.shape):
                 continue
             prefill = None if prefill_dtype == module.weight.dtype else module.weight.detach().to(prefill_dtype)
             module.scheme = PackedCPUScheme(module.scheme, weight, max_rows, prefill)
-        elif module_name == "lm_head" and None in parts and parts[None].shape == tuple(module.weight.shape):
-            weight = parts[None]
+        elif module_name == "lm_head" and None in parts:
+            weight = parts[None] if parts[None] is not None else _requantized(module.weight)
+            if weight is None or weight.shape != tuple(module.weight.shape):
+                continue
             model.lm_head = PackedLMHead(module, weight, max_rows)
         else:
             continue

@@ -10,7 +10,7 @@ import torch
 
 from pegboard.core.attention import AttentionBackend, AttentionContext, BatchLayout, KVCacheSpec
 from pegboard.core.config import DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
-from pegboard.core.cpu_weights import pack_model_weights, wants_packed_weights
+from pegboard.core.cpu_weights import pack_model_weights, quantized_gguf_types, wants_packed_weights
 from pegboard.core.cuda_graphs import DecodeGraphs
 from pegboard.core.kv_cache_dtype import resolve_kv_cache_dtype
 from pegboard.core.piecewise_graphs import PiecewiseGraphs
@@ -69,9 +69,7 @@ class ModelRunner:
             packed = wants_packed_weights(config.cpu_weights, self.device, self.dtype, loader,
                                           config.tensor_parallel_size)
             if packed:
-                from pegboard.kernels.cpu_gguf_matmul import PACKED_TYPES
-
-                pack_model_weights(self.model, loader.iter_quantized_blocks(files, hf_config, PACKED_TYPES))
+                pack_model_weights(self.model, loader.iter_quantized_blocks(files, hf_config, quantized_gguf_types()))
         self.model.eval()
         logger.info("loaded %s (%s, %s) in %.1f s", architecture, self.dtype, self.device,
                     time.perf_counter() - started)

@@ -92,6 +92,20 @@ def pack_gguf_rows(raw: torch.Tensor, ggml_type: int, shape: tuple[int, int]) ->
     return PackedGGUFWeight(4, blocks[:, :, head:].reshape(n, k // 2), scales, mins)
 
 
+def quantize_rows_q8(w: torch.Tensor) -> PackedGGUFWeight:
+    """float32 [N, K] -> 8-bit blocks of 32 values with one float16 scale each (Q8_0's format, max |w| / 127 a
+    block): for layers whose GGUF type has no kernel of its own (K-quants, Q5_*, IQ*), an error under one scale
+    step a value."""
+    n, k = w.shape
+    if k % _BLOCK:
+        raise ValueError(f"{k} columns are not whole blocks of {_BLOCK}")
+    blocks = w.detach().float().reshape(n, k // _BLOCK, _BLOCK)
+    scales = (blocks.abs().amax(-1) / 127).half()
+    inverse = torch.where(scales > 0, 1 / scales.float(), torch.zeros_like(scales, dtype=torch.float32))
+    quants = torch.round(blocks * inverse[..., None]).clamp_(-127, 127).to(torch.int8)
+    return PackedGGUFWeight(8, quants.view(n, k), scales, None)
+
+
 def _dot_layout(w: PackedGGUFWeight) -> torch.Tensor:
     """The dot layout (cpu_gguf_matmul.cpp): rows padded to tiles of 16; per tile, block by block, word L (4 bytes)
     of the 16 rows side by side; then the tile's scales block by block, then its mins."""

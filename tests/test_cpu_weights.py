@@ -93,6 +93,36 @@ def test_batches_over_max_rows_multiply_by_the_prefill_copy_where_there_is_one()
     assert prefill_gemm_dtype() == (torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32)
 
 
+def test_layers_in_other_block_types_are_requantized_to_8_bit_blocks(tiny_llama_dir):
+    """A GGUF whose tensors are K-quants (Q4_K = 12, Q6_K = 14): each layer's loaded float32 weight becomes 8-bit
+    blocks of 32, and the packed product stays within the 8-bit steps of x @ weight.T."""
+    from pegboard.core.cpu_weights import PackedCPUScheme, PackedLMHead, pack_model_weights
+    from pegboard.kernels.cpu_gguf_matmul import packed_matmul
+
+    llm = LLM(str(tiny_llama_dir), load_format="dummy", skip_tokenizer_init=True, num_kv_blocks=32, device="cpu",
+              dtype="float32", cpu_weights="fp32")
+    model = llm.engine.executor.runner.model
+    hidden, inter, kv = 64, 128, 2 * 16
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (kv, hidden), "self_attn.v_proj": (kv, hidden),
+              "self_attn.o_proj": (hidden, hidden), "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden),
+              "mlp.down_proj": (hidden, inter)}
+    blocks = [(f"model.layers.{i}.{name}.weight", 12, torch.empty(0, dtype=torch.uint8), shape)
+              for i in range(2) for name, shape in shapes.items()]
+    blocks.append(("lm_head.weight", 14, torch.empty(0, dtype=torch.uint8), (256, hidden)))
+    assert pack_model_weights(model, blocks) > 0
+    assert isinstance(model.lm_head, PackedLMHead) and model.lm_head.packed.bits == 8
+    linears = [m for m in model.modules() if isinstance(getattr(m, "scheme", None), PackedCPUScheme)]
+    assert len(linears) == 2 * 4  # qkv, o, gate_up, down of both layers
+    x = torch.randn(3, 128)
+    for module in linears + [model.lm_head]:
+        weight = module.weight
+        packed = module.scheme.weight if module is not model.lm_head else module.packed
+        assert packed.bits == 8
+        got, want = packed_matmul(x[:, :weight.shape[1]], packed), x[:, :weight.shape[1]] @ weight.T
+        step = weight.abs().amax() / 127  # at most one 8-bit step a value, summed over a row
+        assert (got - want).abs().max() <= step * x.abs().sum(-1).max()
+
+
 @pytest.mark.slow
 def test_the_c_plus_plus_decoder_blocks_compute_what_the_layers_modules_compute(smollm2_gguf):
     """The packed path's two C++ calls per layer (core/cpu_decoder_blocks.py) against the same layer's modules."""

@@ -96,9 +96,10 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
     "cudagraph_mode": dict(type=str.lower, choices=("full_and_piecewise", "full_decode_only"),
                            help="CUDA graphs for decode steps (full_decode_only) or also, cut at attention, for "
                                 "steps with prefill chunks"),
-    "cpu_weights": dict(choices=("auto", "fp32", "packed"),
-                        help="on CPU: packed keeps GGUF Q4_0/Q4_1/Q8_0 blocks for decode, fp32 dequantizes all "
-                             "(exact); auto: packed where possible"),
+    "cpu_weights": dict(choices=("auto", "fp32", "packed", "int8"),
+                        help="on CPU: packed keeps a GGUF file's Q4_0/Q4_1/Q8_0 blocks for decode (other block "
+                             "types as 8-bit blocks), int8 requantizes any checkpoint's linear layers to 8-bit "
+                             "blocks, fp32 keeps float32 (exact); auto: packed where possible"),
     "cpu_threads": dict(type=int, help="torch threads of the engine on CPU (default: every core it may use)"),
     "async_scheduling": dict(action=argparse.BooleanOptionalAction,
                              help="schedule the next step while the device runs this one (default: on for CUDA)"),

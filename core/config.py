@@ -45,7 +45,7 @@ class EngineConfig:
     pipeline_parallel_size: int = 1
     enforce_eager: bool = False
     cudagraph_mode: str = "full_and_piecewise"  # CUDA graphs for which steps (enforce_eager: none); as vLLM
-    cpu_weights: str = "auto"  # auto, fp32, packed: GGUF blocks kept for CPU decode (core/cpu_weights.py)
+    cpu_weights: str = "auto"  # auto, fp32, packed (GGUF blocks kept for CPU decode), int8 (core/cpu_weights.py)
     cpu_threads: int | None = None  # torch threads of the engine on CPU; None: every core this process may use
     async_scheduling: bool | None = None  # overlap the host's step work with the device; None: on for CUDA
     revision: str | None = None
@@ -78,8 +78,8 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}", param=name)
-        if self.cpu_weights not in ("auto", "fp32", "packed"):
-            raise InvalidParameterError(f"cpu_weights must be one of auto, fp32, packed; got {self.cpu_weights!r}",
+        if self.cpu_weights not in ("auto", "fp32", "packed", "int8"):
+            raise InvalidParameterError(f"cpu_weights must be one of auto, fp32, packed, int8; got {self.cpu_weights!r}",
                                         param="cpu_weights")
         if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
             raise InvalidParameterError(f"cpu_threads must be a positive integer, got {self.cpu_threads!r}",

@@ -38,12 +38,12 @@ def prefill_gemm_dtype() -> torch.dtype:
 
 
 def wants_packed_weights(setting: str, device: torch.device, dtype: torch.dtype, loader: Any, tp_size: int) -> bool:
-    """Whether this engine packs GGUF blocks: ``auto`` where it can (CPU, float32, a loader that gives blocks,
-    one rank), ``packed`` there or a clear error, ``fp32`` never."""
+    """Whether this engine packs weights: ``auto`` where it can (CPU, float32, a loader that gives GGUF blocks,
+    one rank), ``packed`` there or a clear error, ``int8`` the same but any checkpoint, ``fp32`` never."""
     if setting == "fp32":
         return False
     possible = {"device is not the CPU": device.type != "cpu", "dtype is not float32": dtype != torch.float32,
-                "the weights are not a GGUF file": not hasattr(loader, "iter_quantized_blocks"),
+                "the weights are not a GGUF file": setting != "int8" and not hasattr(loader, "iter_quantized_blocks"),
                 "tensor parallelism splits the blocks": tp_size > 1}
     reasons = [why for why, blocked in possible.items() if blocked]
     if not reasons:
@@ -55,8 +55,8 @@ def wants_packed_weights(setting: str, device: torch.device, dtype: torch.dtype,
             reasons.append(f"its C++ kernels did not build ({type(exc).__name__}: {str(exc)[:200]})")
             if setting == "auto":
                 logger.warning("keeping float32 weights on CPU: the packed GGUF kernels %s", reasons[-1][4:])
-    if setting == "packed" and reasons:
-        raise InvalidParameterError(f"cpu_weights='packed' cannot be used: {'; '.join(reasons)}",
+    if setting != "auto" and reasons:
+        raise InvalidParameterError(f"cpu_weights={setting!r} cannot be used: {'; '.join(reasons)}",
                                     param="cpu_weights")
     return not reasons
 
@@ -129,18 +129,30 @@ def quantized_gguf_types() -> frozenset[int]:
     return frozenset(int(t) for t, (block_size, _) in GGML_QUANT_SIZES.items() if block_size > 1)
 
 
-def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]],
+def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]] | None,
                        max_rows: int = PACKED_MAX_ROWS) -> int:
     """Give every linear layer (and the LM head) whose checkpoint tensors all come in ``blocks`` (HF name, ggml
     type, raw bytes, shape) its packed weights, on one thread (memory-bound copies); returns the bytes packed.
-    Other layers stay float32."""
+    Other layers stay float32. ``blocks=None`` (``cpu_weights="int8"``): every linear layer and the LM head get
+    their float32 weights requantized to 8-bit blocks, whatever the checkpoint."""
     with one_cpu_thread():
-        return _pack(model, blocks, max_rows)
+        shards = _every_layer_requantized(model) if blocks is None else _gguf_shards(model, blocks)
+        return _install(model, shards, max_rows)
 
 
-def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]], max_rows: int) -> int:
-    from pegboard.kernels.cpu_build import compiled_ops
-    from pegboard.kernels.cpu_gguf_matmul import DOT_MAX_ROWS, PACKED_TYPES, concat_packed, pack_gguf_rows
+def _every_layer_requantized(model: nn.Module) -> dict[str, dict[Hashable, Any]]:
+    """Each unquantized linear layer and the LM head, every shard marked for 8-bit requantization."""
+    shards: dict[str, dict[Hashable, Any]] = {"lm_head": {None: None}}
+    for name, module in model.named_modules():
+        if isinstance(module, LinearBase) and module.scheme.name == "none":
+            shards[name] = {shard: None for shard in (module.shard_ids or (None,))}
+    return shards
+
+
+def _gguf_shards(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]]
+                 ) -> dict[str, dict[Hashable, Any]]:
+    """module name -> shard id -> its packed GGUF blocks, or None where the block type has no kernel."""
+    from pegboard.kernels.cpu_gguf_matmul import PACKED_TYPES, pack_gguf_rows
 
     mapping = getattr(model, "packed_modules_mapping", {})
     prefix = getattr(model, "checkpoint_prefix", "")
@@ -160,6 +172,15 @@ def _pack(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple
         else:
             packed = None  # another block type: the layer's float32 weight is requantized to 8-bit blocks below
         shards.setdefault(module_name, {})[shard_id] = packed
+    return shards
+
+
+def _install(model: nn.Module, shards: dict[str, dict[Hashable, Any]], max_rows: int) -> int:
+    """Wrap each layer of ``shards`` in its packed scheme (the LM head in PackedLMHead), then the C++ norms, rotary
+    and decoder blocks; returns the bytes packed."""
+    from pegboard.kernels.cpu_build import compiled_ops
+    from pegboard.kernels.cpu_gguf_matmul import DOT_MAX_ROWS, concat_packed
+
     total = 0
     prefill_dtype = prefill_gemm_dtype()
     for module_name, parts in shards.items():

@@ -69,7 +69,9 @@ class ModelRunner:
             packed = wants_packed_weights(config.cpu_weights, self.device, self.dtype, loader,
                                           config.tensor_parallel_size)
             if packed:
-                pack_model_weights(self.model, loader.iter_quantized_blocks(files, hf_config, quantized_gguf_types()))
+                blocks = (None if config.cpu_weights == "int8"  # every layer requantized to 8-bit blocks
+                          else loader.iter_quantized_blocks(files, hf_config, quantized_gguf_types()))
+                pack_model_weights(self.model, blocks)
         self.model.eval()
         logger.info("loaded %s (%s, %s) in %.1f s", architecture, self.dtype, self.device,
                     time.perf_counter() - started)

@@ -25,19 +25,19 @@ class PackedDecoderBlocks:
 
     def __init__(self, ops: Any, *, input_norm: nn.Module, qkv: nn.Module, rotary: nn.Module, rotary_heads: int,
                  head_dim: int, o_proj: nn.Module, post_norm: nn.Module, gate_up: nn.Module, down: nn.Module,
-                 max_rows: int, dot_max_rows: int) -> None:
+                 max_rows: int) -> None:
         self.ops = ops
         self.max_rows = max_rows
         self._inputs = (input_norm.weight, input_norm.eps, packed_tensors(qkv), _bias(qkv))
-        self._rotary = (rotary, rotary_heads, head_dim, dot_max_rows)
+        self._rotary = (rotary, rotary_heads, head_dim)
         self._outputs = (packed_tensors(o_proj), _bias(o_proj), post_norm.weight, post_norm.eps,
-                         packed_tensors(gate_up), _bias(gate_up), packed_tensors(down), _bias(down), dot_max_rows)
+                         packed_tensors(gate_up), _bias(gate_up), packed_tensors(down), _bias(down))
 
     def attention_inputs(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None):
         """x: [T, D] -> (qkv [T, (H + 2 Hkv) Dh] with q and k rotated, x + residual)."""
-        rotary, heads, head_dim, dot_max_rows = self._rotary
+        rotary, heads, head_dim = self._rotary
         return self.ops.attention_inputs(x.contiguous(), residual, *self._inputs, positions, rotary.cos, rotary.sin,
-                                         heads, head_dim, dot_max_rows)
+                                         heads, head_dim)
 
     def attention_outputs(self, o: torch.Tensor, residual: torch.Tensor):
         """o: [T, H Dh] attention output -> (MLP output [T, D], o projected + residual)."""

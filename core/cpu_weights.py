@@ -142,7 +142,7 @@ def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.
 
 def _every_layer_requantized(model: nn.Module) -> dict[str, dict[Hashable, Any]]:
     """Each unquantized linear layer and the LM head, every shard marked for 8-bit requantization."""
-    shards: dict[str, dict[Hashable, Any]] = {"lm_head": {None: None}}
+    shards: dict[str, dict[Hashable, Any]] = {"lm_head": {None: None}} if hasattr(model, "lm_head") else {}
     for name, module in model.named_modules():
         if isinstance(module, LinearBase) and module.scheme.name == "none":
             shards[name] = {shard: None for shard in (module.shard_ids or (None,))}
@@ -179,7 +179,7 @@ def _install(model: nn.Module, shards: dict[str, dict[Hashable, Any]], max_rows:
     """Wrap each layer of ``shards`` in its packed scheme (the LM head in PackedLMHead), then the C++ norms, rotary
     and decoder blocks; returns the bytes packed."""
     from pegboard.kernels.cpu_build import compiled_ops
-    from pegboard.kernels.cpu_gguf_matmul import DOT_MAX_ROWS, concat_packed
+    from pegboard.kernels.cpu_gguf_matmul import concat_packed
 
     total = 0
     prefill_dtype = prefill_gemm_dtype()
@@ -218,7 +218,7 @@ def _install(model: nn.Module, shards: dict[str, dict[Hashable, Any]], max_rows:
         if hasattr(module, "fused_add_norm"):
             module.fused_add_norm = compiled_ops().add_rms_norm
         if hasattr(module, "use_packed_blocks") and rotary is not None and rotary.fused_qk is not None:
-            blocks += module.use_packed_blocks(compiled_ops(), max_rows, DOT_MAX_ROWS)
+            blocks += module.use_packed_blocks(compiled_ops(), max_rows)
     logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows; %d layers as C++ blocks); "
                 "larger batches: %s GEMMs", total / 1e6, max_rows, blocks, str(prefill_dtype).removeprefix("torch."))
     return total

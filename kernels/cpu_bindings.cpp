@@ -7,11 +7,9 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("q4_dot_matmul", &q4_dot_matmul, "x [M, K] @ 4-bit GGUF weights (dot layout) [N, K]^T, integer products");
   module.def("q8_dot_matmul", &q8_dot_matmul, "x [M, K] @ 8-bit GGUF weights (dot layout) [N, K]^T, integer products");
-  module.def("q4_float_matmul", &q4_float_matmul, "x [M, K] @ 4-bit GGUF weights [N, K]^T, dequantized in registers");
-  module.def("q8_float_matmul", &q8_float_matmul, "x [M, K] @ 8-bit GGUF weights [N, K]^T, dequantized in registers");
   module.def("packed_linear", &packed_linear,
-             "x [M, K] @ a packed weight [values, dot_values, scales, mins]^T (+ bias): the dot kernel up to "
-             "dot_max_rows rows, the float one beyond (cpu_decoder_blocks.cpp)");
+             "x [M, K] @ a packed weight [values, dot_values, scales, mins]^T (+ bias), by the dot kernel "
+             "(cpu_decoder_blocks.cpp)");
   module.def("attention_inputs", &attention_inputs,
              "packed decoder layer before attention: (rotated qkv, x + residual) (cpu_decoder_blocks.cpp)");
   module.def("attention_outputs", &attention_outputs,

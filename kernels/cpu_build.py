@@ -15,7 +15,7 @@ from pathlib import Path
 logger = logging.getLogger("pegboard.kernels.cpu_build")
 
 _DIR = Path(__file__).parent
-SOURCES = ("cpu_gguf_matmul.cpp", "cpu_gguf_float_matmul.cpp", "cpu_decoder_blocks.cpp", "cpu_decode_attention.cpp",
+SOURCES = ("cpu_gguf_matmul.cpp", "cpu_decoder_blocks.cpp", "cpu_decode_attention.cpp",
            "cpu_rotary.cpp", "cpu_rms_norm.cpp", "cpu_bindings.cpp")
 
 

@@ -4,20 +4,15 @@
 //   attention_inputs:  RMSNorm(x + residual) -> qkv projection -> rotary on the q and k heads, in place;
 //   attention_outputs: o projection -> RMSNorm(o + residual) -> gate/up projection -> SiLU(gate) * up -> down.
 // A weight is its packed tensors [values, dot_values, scales, mins] (kernels/cpu_gguf_matmul.py's
-// PackedGGUFWeight.tensors(); mins empty for 8-bit), multiplied by packed_linear, which packed_matmul calls too:
-// through the integer kernel up to dot_max_rows rows of x, the float one beyond.
+// PackedGGUFWeight.tensors; mins empty for 8-bit), multiplied by packed_linear, which packed_matmul calls too:
+// through the integer kernel (cpu_gguf_matmul.cpp), whatever the rows of x.
 
 #include "cpu_kernels.h"
 
-at::Tensor packed_linear(const at::Tensor& x, const std::vector<at::Tensor>& w, const c10::optional<at::Tensor>& bias,
-                         int64_t dot_max_rows) {
+at::Tensor packed_linear(const at::Tensor& x, const std::vector<at::Tensor>& w, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.size() == 4, "a packed weight is [values, dot_values, scales, mins]");
   const bool four_bit = w[0].scalar_type() == at::kByte;
-  at::Tensor y;
-  if (x.size(0) <= dot_max_rows)
-    y = four_bit ? q4_dot_matmul(x, w[1], w[2]) : q8_dot_matmul(x, w[1], w[2]);
-  else
-    y = four_bit ? q4_float_matmul(x, w[0], w[2], w[3]) : q8_float_matmul(x, w[0], w[2]);
+  at::Tensor y = four_bit ? q4_dot_matmul(x, w[1], w[2]) : q8_dot_matmul(x, w[1], w[2]);
   if (bias.has_value()) y.add_(*bias);
   return y;
 }
@@ -26,9 +21,9 @@ std::vector<at::Tensor> attention_inputs(const at::Tensor& x, const c10::optiona
                                          const at::Tensor& norm_weight, double eps, const std::vector<at::Tensor>& qkv,
                                          const c10::optional<at::Tensor>& qkv_bias, const at::Tensor& positions,
                                          const at::Tensor& cos, const at::Tensor& sin, int64_t rotary_heads,
-                                         int64_t head_dim, int64_t dot_max_rows) {
+                                         int64_t head_dim) {
   std::vector<at::Tensor> normed = add_rms_norm(x, residual, norm_weight, eps);  // (normed, x + residual)
-  at::Tensor projected = packed_linear(normed[0], qkv, qkv_bias, dot_max_rows);
+  at::Tensor projected = packed_linear(normed[0], qkv, qkv_bias);
   rotary_qk_(projected, positions, cos, sin, rotary_heads, head_dim);
   return {projected, normed[1]};
 }
@@ -38,12 +33,11 @@ std::vector<at::Tensor> attention_outputs(const at::Tensor& o, const at::Tensor&
                                           const at::Tensor& norm_weight, double eps,
                                           const std::vector<at::Tensor>& gate_up,
                                           const c10::optional<at::Tensor>& gate_up_bias,
-                                          const std::vector<at::Tensor>& down, const c10::optional<at::Tensor>& down_bias,
-                                          int64_t dot_max_rows) {
-  at::Tensor h = packed_linear(o.contiguous(), o_proj, o_bias, dot_max_rows);
+                                          const std::vector<at::Tensor>& down, const c10::optional<at::Tensor>& down_bias) {
+  at::Tensor h = packed_linear(o.contiguous(), o_proj, o_bias);
   std::vector<at::Tensor> normed = add_rms_norm(h, residual, norm_weight, eps);
-  at::Tensor gu = packed_linear(normed[0], gate_up, gate_up_bias, dot_max_rows);
+  at::Tensor gu = packed_linear(normed[0], gate_up, gate_up_bias);
   const int64_t inter = gu.size(1) / 2;
   at::Tensor act = at::silu(gu.narrow(1, 0, inter)).mul_(gu.narrow(1, inter, inter));
-  return {packed_linear(act, down, down_bias, dot_max_rows), normed[1]};
+  return {packed_linear(act, down, down_bias), normed[1]};
 }

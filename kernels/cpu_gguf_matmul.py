@@ -1,13 +1,14 @@
-"""CPU matmul over weights kept in GGUF blocks (Q4_0, Q4_1, Q8_0), two C++ kernels (built on first use).
+"""CPU matmul over weights kept in GGUF blocks (Q4_0, Q4_1, Q8_0), a C++ kernel (built on first use).
 
 ``pack_gguf_rows`` turns a tensor's raw GGUF blocks into ``PackedGGUFWeight``: the quants in GGUF's order with
 scales and mins per output row, and all of them again in the integer kernel's dot layout (tiles of 16 rows
-interleaved). ``packed_matmul(x, packed)`` is ``x @ dequantized.T``; up to ``DOT_MAX_ROWS`` rows of x go through
-integer dot products (cpu_gguf_matmul.cpp: x quantized to 16 bits per block of 32, an error under 2e-5 of the
-block's largest value, its products summed exactly in int32 by AVX512-VNNI), larger batches through float32
-products of weights dequantized in registers (cpu_gguf_float_matmul.cpp; slower at every row count measured, so
-no engine path reaches it now). ``packed_matmul_ref`` is each kernel's arithmetic in plain torch. The sources are
-built on first use and cached (kernels/cpu_build.py).
+interleaved). ``packed_matmul(x, packed)`` is ``x @ dequantized.T`` by integer dot products (cpu_gguf_matmul.cpp:
+x quantized to 16 bits per block of 32, an error under 2e-5 of the block's largest value, its products summed
+exactly in int32 by AVX512-VNNI); ``packed_matmul_ref`` is its arithmetic in plain torch. The GGUF-order quants
+are the references' (``dequantize_packed``) and the source of the dot layout. A float kernel that dequantized in
+registers was slower at every row count measured (30 SmolLM2 layers, 2-core Xeon: 1 row 7.1 against 2.9 ms, 64
+rows 72 against 41, 256 rows 264 against 152; 2-core AMD EPYC: 8.8 against 3.5, 111 against 60 at 64), so it was
+removed. The sources are built on first use and cached (kernels/cpu_build.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,6 @@ Q4_0, Q4_1, Q8_0 = 2, 3, 8  # ggml type ids
 PACKED_TYPES = (Q4_0, Q4_1, Q8_0)
 _BLOCK = 32
 _LANES = 16  # weight rows per tile of the dot layout: one per 32-bit lane of a 512-bit register
-
-
-# Rows of x that go through the integer kernel: every decode batch (core/cpu_weights.py's PACKED_MAX_ROWS). It beat
-# the float kernel at every row count measured (30 SmolLM2 layers, 2-core Xeon: 1 row 2.9 against 7.1 ms, 64 rows
-# 41 against 72, 256 rows 152 against 264; 2-core AMD EPYC: 3.5 against 8.8, 60 against 111 at 64).
-DOT_MAX_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -61,11 +56,9 @@ class PackedGGUFWeight:
         """[values, dot_values, scales, mins] as the C++ packed_linear takes them (mins empty for 8-bit)."""
         return [self.values, self.dot_values, self.scales, self.mins if self.mins is not None else torch.empty(0)]
 
-    def read_bytes(self, rows: int) -> int:
-        """Bytes one product with ``rows`` rows of x reads: one layout's quants, scales and mins."""
-        if rows <= DOT_MAX_ROWS:
-            return _size(self.dot_values)
-        return sum(_size(t) for t in (self.values, self.scales, self.mins))
+    def read_bytes(self) -> int:
+        """Bytes one product reads: the dot layout's quants, scales and mins."""
+        return _size(self.dot_values)
 
 
 def _size(t: torch.Tensor | None) -> int:
@@ -163,11 +156,8 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def packed_matmul_ref(x: torch.Tensor, w: PackedGGUFWeight) -> torch.Tensor:
-    """``packed_matmul``'s arithmetic in plain torch: up to DOT_MAX_ROWS rows, x quantized to 16 bits per block
-    against the integer quants, scaled per block, a 4-bit block's mins times the float32 sum of its block of x;
-    more rows, x @ dequantized.T."""
-    if x.shape[0] > DOT_MAX_ROWS:
-        return x @ dequantize_packed(w).T
+    """``packed_matmul``'s arithmetic in plain torch: x quantized to 16 bits per block against the integer quants,
+    scaled per block, a 4-bit block's mins times the float32 sum of its block of x."""
     xq, x_scale = quantize_activations(x)
     dots = torch.einsum("mbk,nbk->mnb", xq.double(), _quants(w).double())  # exact integers
     out = (dots * (x_scale.squeeze(-1)[:, None, :].double() * w.scales.double()[None])).sum(-1)
@@ -177,5 +167,5 @@ def packed_matmul_ref(x: torch.Tensor, w: PackedGGUFWeight) -> torch.Tensor:
 
 
 def packed_matmul(x: torch.Tensor, w: PackedGGUFWeight) -> torch.Tensor:
-    """x: float32 [M, K] -> [M, N] float32, through the integer kernel (up to DOT_MAX_ROWS rows) or the float one."""
-    return compiled_ops().packed_linear(x.contiguous(), w.tensors, None, DOT_MAX_ROWS)
+    """x: float32 [M, K] -> [M, N] float32, through the integer kernel."""
+    return compiled_ops().packed_linear(x.contiguous(), w.tensors, None)

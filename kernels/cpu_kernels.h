@@ -9,11 +9,7 @@
 
 at::Tensor q4_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale);
 at::Tensor q8_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale);
-at::Tensor q4_float_matmul(const at::Tensor& x, const at::Tensor& nibbles, const at::Tensor& scale,
-                           const at::Tensor& min);
-at::Tensor q8_float_matmul(const at::Tensor& x, const at::Tensor& quants, const at::Tensor& scale);
-at::Tensor packed_linear(const at::Tensor& x, const std::vector<at::Tensor>& w, const c10::optional<at::Tensor>& bias,
-                         int64_t dot_max_rows);
+at::Tensor packed_linear(const at::Tensor& x, const std::vector<at::Tensor>& w, const c10::optional<at::Tensor>& bias);
 void rotary_qk_(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin,
                 int64_t heads, int64_t head_dim);
 std::vector<at::Tensor> add_rms_norm(const at::Tensor& x, const c10::optional<at::Tensor>& residual,
@@ -22,13 +18,12 @@ std::vector<at::Tensor> attention_inputs(const at::Tensor& x, const c10::optiona
                                          const at::Tensor& norm_weight, double eps, const std::vector<at::Tensor>& qkv,
                                          const c10::optional<at::Tensor>& qkv_bias, const at::Tensor& positions,
                                          const at::Tensor& cos, const at::Tensor& sin, int64_t rotary_heads,
-                                         int64_t head_dim, int64_t dot_max_rows);
+                                         int64_t head_dim);
 std::vector<at::Tensor> attention_outputs(const at::Tensor& o, const at::Tensor& residual,
                                           const std::vector<at::Tensor>& o_proj, const c10::optional<at::Tensor>& o_bias,
                                           const at::Tensor& norm_weight, double eps,
                                           const std::vector<at::Tensor>& gate_up,
                                           const c10::optional<at::Tensor>& gate_up_bias,
-                                          const std::vector<at::Tensor>& down, const c10::optional<at::Tensor>& down_bias,
-                                          int64_t dot_max_rows);
+                                          const std::vector<at::Tensor>& down, const c10::optional<at::Tensor>& down_bias);
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                  const at::Tensor& tables, const at::Tensor& lens, int64_t block_size, double scale);

@@ -205,7 +205,7 @@ class DecoderLayer(nn.Module):
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
-    def use_packed_blocks(self, ops: Any, max_rows: int, dot_max_rows: int) -> bool:
+    def use_packed_blocks(self, ops: Any, max_rows: int) -> bool:
         """Run steps of up to max_rows rows as the packed CPU blocks, if every projection here is packed."""
         from pegboard.core.cpu_decoder_blocks import PackedDecoderBlocks, packed_tensors
 
@@ -217,7 +217,7 @@ class DecoderLayer(nn.Module):
             ops, input_norm=self.input_layernorm, qkv=attn.qkv_proj, rotary=attn.rotary,
             rotary_heads=attn.num_heads + attn.num_kv_heads, head_dim=attn.head_dim, o_proj=attn.o_proj,
             post_norm=self.post_attention_layernorm, gate_up=mlp.gate_up_proj, down=mlp.down_proj,
-            max_rows=max_rows, dot_max_rows=dot_max_rows)
+            max_rows=max_rows)
         return True
 
 

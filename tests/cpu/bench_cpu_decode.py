@@ -86,7 +86,7 @@ def weight_bytes_per_token(llm) -> int:
     for module in [m for m in model.modules() if isinstance(m, LinearBase)] + [model.lm_head]:
         scheme = getattr(module, "scheme", None)
         packed = scheme.weight if isinstance(scheme, PackedCPUScheme) else getattr(module, "packed", None)
-        total += packed.read_bytes(1) if packed is not None else module.weight.numel() * module.weight.element_size()
+        total += packed.read_bytes() if packed is not None else module.weight.numel() * module.weight.element_size()
     return total
 
 

@@ -1,4 +1,5 @@
-"""30 SmolLM2 layers (Q4_1) per row count: float32 F.linear, the float kernel, the integer kernel (ms, best of 5).
+"""30 SmolLM2 layers (Q4_1) per row count: float32 F.linear, the float kernel, the integer kernel (ms, best of 5); ran at
+0da9ecc: the float kernel and packed_linear's row threshold were removed after it, so it runs on that tree only.
 
     python docs/results/2026-12-02e-cpu/kernel_rows.py
 """

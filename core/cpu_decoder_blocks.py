@@ -11,7 +11,7 @@ from torch import nn
 
 
 def packed_tensors(linear: nn.Module) -> list[torch.Tensor] | None:
-    """A packed linear layer's weight as the C++ blocks take it ([values, dot_values, scales, mins]), else None."""
+    """A packed linear layer's weight as the C++ blocks take it ([dot_values, scales]), else None."""
     weight = getattr(getattr(linear, "scheme", None), "weight", None)
     return weight.tensors if hasattr(weight, "tensors") else None
 

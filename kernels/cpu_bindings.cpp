@@ -5,10 +5,10 @@
 #include "cpu_kernels.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("q4_dot_matmul", &q4_dot_matmul, "x [M, K] @ 4-bit GGUF weights (dot layout) [N, K]^T, integer products");
-  module.def("q8_dot_matmul", &q8_dot_matmul, "x [M, K] @ 8-bit GGUF weights (dot layout) [N, K]^T, integer products");
+  module.def("gguf_dot_matmul", &gguf_dot_matmul,
+             "x [M, K] @ 4- or 8-bit GGUF weights (dot layout, scales for N) [N, K]^T, integer products");
   module.def("packed_linear", &packed_linear,
-             "x [M, K] @ a packed weight [values, dot_values, scales, mins]^T (+ bias), by the dot kernel "
+             "x [M, K] @ a packed weight [dot_values, scales]^T (+ bias), by the dot kernel "
              "(cpu_decoder_blocks.cpp)");
   module.def("attention_inputs", &attention_inputs,
              "packed decoder layer before attention: (rotated qkv, x + residual) (cpu_decoder_blocks.cpp)");

@@ -3,16 +3,14 @@
 // 60 us of other work between calls, with one thread as with two and whatever OpenMP's spin settings):
 //   attention_inputs:  RMSNorm(x + residual) -> qkv projection -> rotary on the q and k heads, in place;
 //   attention_outputs: o projection -> RMSNorm(o + residual) -> gate/up projection -> SiLU(gate) * up -> down.
-// A weight is its packed tensors [values, dot_values, scales, mins] (kernels/cpu_gguf_matmul.py's
-// PackedGGUFWeight.tensors; mins empty for 8-bit), multiplied by packed_linear, which packed_matmul calls too:
-// through the integer kernel (cpu_gguf_matmul.cpp), whatever the rows of x.
+// A weight is its packed tensors [dot_values, scales] (kernels/cpu_gguf_matmul.py's PackedGGUFWeight.tensors),
+// multiplied by packed_linear, which packed_matmul calls too: through the integer kernel (cpu_gguf_matmul.cpp).
 
 #include "cpu_kernels.h"
 
 at::Tensor packed_linear(const at::Tensor& x, const std::vector<at::Tensor>& w, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(w.size() == 4, "a packed weight is [values, dot_values, scales, mins]");
-  const bool four_bit = w[0].scalar_type() == at::kByte;
-  at::Tensor y = four_bit ? q4_dot_matmul(x, w[1], w[2]) : q8_dot_matmul(x, w[1], w[2]);
+  TORCH_CHECK(w.size() == 2, "a packed weight is [dot_values, scales]");
+  at::Tensor y = gguf_dot_matmul(x, w[0], w[1]);
   if (bias.has_value()) y.add_(*bias);
   return y;
 }

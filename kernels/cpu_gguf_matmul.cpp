@@ -251,12 +251,9 @@ at::Tensor dot_matmul(const at::Tensor& x, const at::Tensor& w, int64_t N) {
 
 }  // namespace
 
-at::Tensor q4_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale) {
-  check_inputs(x, tiles, scale, 4);
-  return dot_matmul<4>(x, tiles, scale.size(0));
-}
-
-at::Tensor q8_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale) {
-  check_inputs(x, tiles, scale, 8);
-  return dot_matmul<8>(x, tiles, scale.size(0));
+at::Tensor gguf_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale) {
+  // 4- or 8-bit by the tiles' width, which differs between the two for every K
+  const bool four_bit = tiles.dim() == 2 && x.dim() == 2 && tiles.size(1) == tile_bytes(4, x.size(1) / kBlock);
+  check_inputs(x, tiles, scale, four_bit ? 4 : 8);
+  return four_bit ? dot_matmul<4>(x, tiles, scale.size(0)) : dot_matmul<8>(x, tiles, scale.size(0));
 }

@@ -53,8 +53,8 @@ class PackedGGUFWeight:
 
     @cached_property
     def tensors(self) -> list[torch.Tensor]:
-        """[values, dot_values, scales, mins] as the C++ packed_linear takes them (mins empty for 8-bit)."""
-        return [self.values, self.dot_values, self.scales, self.mins if self.mins is not None else torch.empty(0)]
+        """[dot_values, scales] as the C++ packed_linear takes them (the scales give it N)."""
+        return [self.dot_values, self.scales]
 
     def read_bytes(self) -> int:
         """Bytes one product reads: the dot layout's quants, scales and mins."""

@@ -7,8 +7,7 @@
 
 #include <vector>
 
-at::Tensor q4_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale);
-at::Tensor q8_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale);
+at::Tensor gguf_dot_matmul(const at::Tensor& x, const at::Tensor& tiles, const at::Tensor& scale);
 at::Tensor packed_linear(const at::Tensor& x, const std::vector<at::Tensor>& w, const c10::optional<at::Tensor>& bias);
 void rotary_qk_(at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& cos, const at::Tensor& sin,
                 int64_t heads, int64_t head_dim);

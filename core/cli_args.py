@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 from pegboard.core.batch_defaults import CPU_MAX_NUM_BATCHED_TOKENS
-from pegboard.core.config import DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
+from pegboard.core.config import CPU_WEIGHTS, DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
 
 logger = logging.getLogger("pegboard.cli")
 
@@ -96,10 +96,10 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
     "cudagraph_mode": dict(type=str.lower, choices=("full_and_piecewise", "full_decode_only"),
                            help="CUDA graphs for decode steps (full_decode_only) or also, cut at attention, for "
                                 "steps with prefill chunks"),
-    "cpu_weights": dict(choices=("auto", "fp32", "packed", "int8"),
+    "cpu_weights": dict(choices=CPU_WEIGHTS,
                         help="on CPU: packed keeps a GGUF file's Q4_0/Q4_1/Q8_0 blocks for decode (other block "
-                             "types as 8-bit blocks), int8 requantizes any checkpoint's linear layers to 8-bit "
-                             "blocks, fp32 keeps float32 (exact); auto: packed where possible"),
+                             "types as 8-bit blocks), int8 / int4 requantize any checkpoint's linear layers to 8- / "
+                             "4-bit blocks, fp32 keeps float32 (exact); auto: packed where possible"),
     "cpu_threads": dict(type=int, help="torch threads of the engine on CPU (default: every core it may use)"),
     "async_scheduling": dict(action=argparse.BooleanOptionalAction,
                              help="schedule the next step while the device runs this one (default: on for CUDA)"),

@@ -14,6 +14,7 @@ DEFAULT_MODEL = "smollm2"
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # what gpu_memory_utilization=None means on CUDA
 # vLLM's names: decode-only steps as whole captured graphs, and (piecewise) steps with prefill chunks too.
 CUDAGRAPH_MODES = ("full_and_piecewise", "full_decode_only")
+CPU_WEIGHTS = ("auto", "fp32", "packed", "int8", "int4")  # core/cpu_weights.py
 
 
 @dataclass
@@ -45,7 +46,7 @@ class EngineConfig:
     pipeline_parallel_size: int = 1
     enforce_eager: bool = False
     cudagraph_mode: str = "full_and_piecewise"  # CUDA graphs for which steps (enforce_eager: none); as vLLM
-    cpu_weights: str = "auto"  # auto, fp32, packed (GGUF blocks kept for CPU decode), int8 (core/cpu_weights.py)
+    cpu_weights: str = "auto"  # auto, fp32, packed (GGUF blocks kept for CPU decode), int8, int4 (core/cpu_weights.py)
     cpu_threads: int | None = None  # torch threads of the engine on CPU; None: every core this process may use
     async_scheduling: bool | None = None  # overlap the host's step work with the device; None: on for CUDA
     revision: str | None = None
@@ -78,9 +79,9 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InvalidParameterError(f"{name} must be a positive integer, got {value!r}", param=name)
-        if self.cpu_weights not in ("auto", "fp32", "packed", "int8"):
-            raise InvalidParameterError(f"cpu_weights must be one of auto, fp32, packed, int8; got {self.cpu_weights!r}",
-                                        param="cpu_weights")
+        if self.cpu_weights not in CPU_WEIGHTS:
+            raise InvalidParameterError(f"cpu_weights must be one of {', '.join(CPU_WEIGHTS)}; got "
+                                        f"{self.cpu_weights!r}", param="cpu_weights")
         if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or self.cpu_threads < 1):
             raise InvalidParameterError(f"cpu_threads must be a positive integer, got {self.cpu_threads!r}",
                                         param="cpu_threads")

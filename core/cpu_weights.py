@@ -39,11 +39,13 @@ def prefill_gemm_dtype() -> torch.dtype:
 
 def wants_packed_weights(setting: str, device: torch.device, dtype: torch.dtype, loader: Any, tp_size: int) -> bool:
     """Whether this engine packs weights: ``auto`` where it can (CPU, float32, a loader that gives GGUF blocks,
-    one rank), ``packed`` there or a clear error, ``int8`` the same but any checkpoint, ``fp32`` never."""
+    one rank), ``packed`` there or a clear error, ``int8`` and ``int4`` the same but any checkpoint, ``fp32``
+    never."""
     if setting == "fp32":
         return False
+    any_checkpoint = setting in ("int8", "int4")
     possible = {"device is not the CPU": device.type != "cpu", "dtype is not float32": dtype != torch.float32,
-                "the weights are not a GGUF file": setting != "int8" and not hasattr(loader, "iter_quantized_blocks"),
+                "the weights are not a GGUF file": not any_checkpoint and not hasattr(loader, "iter_quantized_blocks"),
                 "tensor parallelism splits the blocks": tp_size > 1}
     reasons = [why for why, blocked in possible.items() if blocked]
     if not reasons:
@@ -110,13 +112,13 @@ class PackedLMHead(nn.Module):
         return packed_matmul(hidden, self.packed)
 
 
-def _requantized(weight: torch.Tensor) -> Any:
-    """8-bit blocks of a float32 weight (kernels/cpu_gguf_matmul.py: quantize_rows_q8), or None for a width that is
-    not whole blocks."""
-    from pegboard.kernels.cpu_gguf_matmul import quantize_rows_q8
+def _requantized(weight: torch.Tensor, bits: int) -> Any:
+    """8- or 4-bit blocks of a float32 weight (kernels/cpu_gguf_matmul.py: quantize_rows_q8, quantize_rows_q4), or
+    None for a width that is not whole blocks."""
+    from pegboard.kernels.cpu_gguf_matmul import quantize_rows_q4, quantize_rows_q8
 
     try:
-        return quantize_rows_q8(weight)
+        return quantize_rows_q8(weight) if bits == 8 else quantize_rows_q4(weight)
     except ValueError:
         return None
 
@@ -130,14 +132,14 @@ def quantized_gguf_types() -> frozenset[int]:
 
 
 def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]] | None,
-                       max_rows: int = PACKED_MAX_ROWS) -> int:
+                       max_rows: int = PACKED_MAX_ROWS, requantize_bits: int = 8) -> int:
     """Give every linear layer (and the LM head) whose checkpoint tensors all come in ``blocks`` (HF name, ggml
     type, raw bytes, shape) its packed weights, on one thread (memory-bound copies); returns the bytes packed.
-    Other layers stay float32. ``blocks=None`` (``cpu_weights="int8"``): every linear layer and the LM head get
-    their float32 weights requantized to 8-bit blocks, whatever the checkpoint."""
+    Other layers stay float32. ``blocks=None`` (``cpu_weights="int8"`` or ``"int4"``): every linear layer gets its
+    float32 weight requantized to ``requantize_bits`` blocks (the LM head to 8 bits), whatever the checkpoint."""
     with one_cpu_thread():
         shards = _every_layer_requantized(model) if blocks is None else _gguf_shards(model, blocks)
-        return _install(model, shards, max_rows)
+        return _install(model, shards, max_rows, requantize_bits)
 
 
 def _every_layer_requantized(model: nn.Module) -> dict[str, dict[Hashable, Any]]:
@@ -175,9 +177,9 @@ def _gguf_shards(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor
     return shards
 
 
-def _install(model: nn.Module, shards: dict[str, dict[Hashable, Any]], max_rows: int) -> int:
-    """Wrap each layer of ``shards`` in its packed scheme (the LM head in PackedLMHead), then the C++ norms, rotary
-    and decoder blocks; returns the bytes packed."""
+def _install(model: nn.Module, shards: dict[str, dict[Hashable, Any]], max_rows: int, bits: int) -> int:
+    """Wrap each layer of ``shards`` in its packed scheme (the LM head in PackedLMHead; a shard without blocks of
+    its own requantized to ``bits``), then the C++ norms, rotary and decoder blocks; returns the bytes packed."""
     from pegboard.kernels.cpu_build import compiled_ops
     from pegboard.kernels.cpu_gguf_matmul import concat_packed
 
@@ -192,18 +194,19 @@ def _install(model: nn.Module, shards: dict[str, dict[Hashable, Any]], max_rows:
             if set(parts) != set(order) or module.input_slice not in (None, (0, module.input_size)):
                 continue
             if any(parts[s] is None for s in order):  # a shard without a kernel of its own
-                weight = _requantized(module.weight)
+                weight = _requantized(module.weight, bits)
             else:
                 try:
                     weight = concat_packed([parts[s] for s in order])
                 except ValueError:  # shards of different kinds (4- and 8-bit): one 8-bit weight
-                    weight = _requantized(module.weight)
+                    weight = _requantized(module.weight, bits)
             if weight is None or weight.shape != tuple(module.weight.shape):
                 continue
             prefill = None if prefill_dtype == module.weight.dtype else module.weight.detach().to(prefill_dtype)
             module.scheme = PackedCPUScheme(module.scheme, weight, max_rows, prefill)
         elif module_name == "lm_head" and None in parts:
-            weight = parts[None] if parts[None] is not None else _requantized(module.weight)
+            # the head stays 8-bit under int4 too, as llama.cpp's 4-bit mixes keep the output tensor at 6-8 bits
+            weight = parts[None] if parts[None] is not None else _requantized(module.weight, 8)
             if weight is None or weight.shape != tuple(module.weight.shape):
                 continue
             model.lm_head = PackedLMHead(module, weight, max_rows)

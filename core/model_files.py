@@ -37,7 +37,8 @@ class ModelLoader(Protocol):
     """Turns model files into an HF config, a tokenizer and weights in HF parameter names."""
 
     def load_config(self, files: ModelFiles) -> Any:
-        """The model's ``transformers.PretrainedConfig``."""
+        """The model's config: a ``transformers.PretrainedConfig``, or any object with its fields (the GGUF
+        loader's ``GGUFModelConfig``)."""
 
     def load_tokenizer(self, files: ModelFiles) -> Any:
         """A ``transformers`` fast tokenizer with the chat template set, or None when the files have none."""

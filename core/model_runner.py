@@ -9,16 +9,16 @@ from typing import Any, Callable
 import torch
 
 from pegboard.core.attention import AttentionBackend, AttentionContext, BatchLayout, KVCacheSpec
-from pegboard.core.config import DEFAULT_GPU_MEMORY_UTILIZATION, EngineConfig
+from pegboard.core.config import EngineConfig
 from pegboard.core.cpu_weights import pack_model_weights, quantized_gguf_types, wants_packed_weights
 from pegboard.core.cuda_graphs import DecodeGraphs
 from pegboard.core.kv_cache_dtype import resolve_kv_cache_dtype
+from pegboard.core.kv_cache_sizing import size_kv_cache
 from pegboard.core.piecewise_graphs import PiecewiseGraphs
 from pegboard.core.layer_factory import LayerFactory, building_with
 from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
-from pegboard.core.profile_run import activation_peak
 from pegboard.kernels.compile_watch import watch_triton_compiles
 from pegboard.core.grammar_processor import GrammarProcessor
 from pegboard.core.interfaces import Sampler
@@ -33,8 +33,6 @@ from pegboard.core.devices import resolve_device, resolve_dtype
 from pegboard.core.weight_loading import empty_parameters, process_weights_after_loading
 
 logger = logging.getLogger("pegboard.runner")
-
-CPU_KV_CACHE_GB = 4.0
 
 
 class ModelRunner:
@@ -69,9 +67,9 @@ class ModelRunner:
             packed = wants_packed_weights(config.cpu_weights, self.device, self.dtype, loader,
                                           config.tensor_parallel_size)
             if packed:
-                blocks = (None if config.cpu_weights == "int8"  # every layer requantized to 8-bit blocks
-                          else loader.iter_quantized_blocks(files, hf_config, quantized_gguf_types()))
-                pack_model_weights(self.model, blocks)
+                bits = {"int8": 8, "int4": 4}.get(config.cpu_weights)  # every layer requantized, whatever the file
+                blocks = None if bits else loader.iter_quantized_blocks(files, hf_config, quantized_gguf_types())
+                pack_model_weights(self.model, blocks, requantize_bits=bits or 8)
         self.model.eval()
         logger.info("loaded %s (%s, %s) in %.1f s", architecture, self.dtype, self.device,
                     time.perf_counter() - started)
@@ -92,7 +90,8 @@ class ModelRunner:
             watch.warmed_up = False  # this engine's warm-up compiles are expected (a second engine in a process too)
         kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, self.dtype, attention_backend=backend_name,
                                           packed_cpu=packed and backend_name == "torch")
-        self.kv_spec = self._kv_cache_spec(make_backend, kv_dtype)
+        self.kv_spec = size_kv_cache(self.model, make_backend, kv_dtype, self.sampler, config, self.device,
+                                     self.block_size, self.max_model_len)
         self.attention = make_backend(self.kv_spec)
         if packed and hasattr(self.attention, "cpu_paged_decode"):  # the torch backend's decode rows in C++
             from pegboard.kernels.cpu_build import compiled_ops
@@ -140,47 +139,6 @@ class ModelRunner:
         if self.device.type == "cuda" and "triton" in board.attention_backends:
             return "triton"
         return "torch"
-
-    def _kv_cache_spec(self, make_backend: Any, dtype: torch.dtype) -> KVCacheSpec:
-        """Size the KV cache: explicit block count, else kv_cache_memory_gb, else the memory budget (on CUDA: what
-        gpu_memory_utilization leaves after the weights and the measured activation peak; 4 GiB on CPU), capped
-        at what max_num_seqs requests of max_model_len tokens could ever use."""
-        attn = self.model.layers[0].self_attn
-        spec = KVCacheSpec(num_layers=len(self.model.layers), num_kv_heads=attn.num_kv_heads,
-                           head_dim=attn.head_dim, block_size=self.block_size, num_blocks=0, dtype=dtype)
-        per_block = spec.bytes_per_block()
-        most_useful = self.config.max_num_seqs * -(-self.max_model_len // self.block_size)
-        if self.device.type == "cuda":  # also compiles the kernels before the first request
-            started = time.perf_counter()
-            peak = activation_peak(self.model, make_backend, spec, self.sampler,
-                                   max_num_batched_tokens=self.config.max_num_batched_tokens,
-                                   max_num_seqs=self.config.max_num_seqs, max_model_len=self.max_model_len)
-            logger.info("profile run (largest prefill and decode batches, kernel compilation) in %.1f s",
-                        time.perf_counter() - started)
-            free, total = torch.cuda.mem_get_info(self.device)
-            weights = torch.cuda.memory_allocated(self.device)
-            outside_torch = (total - free) - torch.cuda.memory_reserved(self.device)
-            utilization = self.config.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
-            budget = total * utilization - outside_torch - weights - peak
-            logger.info("GPU memory: %.2f GiB weights, %.2f GiB activation peak at %d batched tokens, "
-                        "%.2f GiB outside torch; %.2f GiB left for the KV cache", weights / 2**30, peak / 2**30,
-                        self.config.max_num_batched_tokens, outside_torch / 2**30, max(budget, 0) / 2**30)
-        if self.config.num_kv_blocks is not None:
-            spec.num_blocks = self.config.num_kv_blocks
-        elif self.device.type == "cuda" and self.config.kv_cache_memory_gb is None:
-            spec.num_blocks = min(max(int(budget // per_block), 0), most_useful)
-        else:
-            gb = self.config.kv_cache_memory_gb or CPU_KV_CACHE_GB
-            spec.num_blocks = min(int(gb * 2**30 // per_block), most_useful)
-        if spec.num_blocks * self.block_size < self.max_model_len:
-            raise InvalidParameterError(
-                f"the KV cache holds {spec.num_blocks * self.block_size} tokens, fewer than max_model_len "
-                f"({self.max_model_len}): give it more memory or lower max_model_len", param="max_model_len")
-        logger.info("KV cache: %d blocks of %d tokens (%.2f GiB, %s); max concurrency at max_model_len: %.1f",
-                    spec.num_blocks, self.block_size, spec.num_blocks * per_block / 2**30,
-                    str(spec.dtype).removeprefix("torch."),
-                    spec.num_blocks * self.block_size / self.max_model_len)
-        return spec
 
     def execute(self, scheduled: SchedulerOutput) -> RunnerOutput:
         """Run one step and wait for its tokens."""

@@ -99,6 +99,22 @@ def quantize_rows_q8(w: torch.Tensor) -> PackedGGUFWeight:
     return PackedGGUFWeight(8, quants.view(n, k), scales, None)
 
 
+def quantize_rows_q4(w: torch.Tensor) -> PackedGGUFWeight:
+    """float32 [N, K] -> 4-bit blocks of 32 values with a float16 scale and min each (Q4_1's format: a block's range
+    in 15 steps from its minimum), for ``cpu_weights="int4"``: an error under half a step a value, plus the float16
+    rounding of the scale and min."""
+    n, k = w.shape
+    if k % _BLOCK:
+        raise ValueError(f"{k} columns are not whole blocks of {_BLOCK}")
+    blocks = w.detach().float().reshape(n, k // _BLOCK, _BLOCK)
+    low = blocks.amin(-1).half()
+    scales = ((blocks.amax(-1) - low.float()) / 15).half()
+    inverse = torch.where(scales > 0, 1 / scales.float(), torch.zeros_like(scales, dtype=torch.float32))
+    quants = torch.round((blocks - low.float()[..., None]) * inverse[..., None]).clamp_(0, 15).to(torch.uint8)
+    nibbles = quants[..., :_BLOCK // 2] | (quants[..., _BLOCK // 2:] << 4)  # GGUF's order: value j and j + 16
+    return PackedGGUFWeight(4, nibbles.reshape(n, k // 2), scales, low)
+
+
 def _dot_layout(w: PackedGGUFWeight) -> torch.Tensor:
     """The dot layout (cpu_gguf_matmul.cpp): rows padded to tiles of 16; per tile, block by block, word L (4 bytes)
     of the 16 rows side by side; then the tile's scales block by block, then its mins."""

@@ -13,7 +13,7 @@ import torch
 
 from pegboard.core.errors import UnsupportedModelError
 
-F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 13, 14, 30
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
 _FLOATS = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
 # A CPU tensor larger than this is dequantized a piece at a time into one buffer (``_cpu_empty``), so the
 # intermediates stay small enough to reuse freed memory instead of faulting in fresh pages: whole
@@ -109,6 +109,22 @@ def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(q, _half(blocks, 0), _half(blocks, 2))
 
 
+def _five_bit(blocks: torch.Tensor, high_at: int) -> torch.Tensor:
+    """Q5_0 / Q5_1 quants: 32 low nibbles (values j and j + 16 share byte j) and their fifth bits, a 32-bit word at
+    byte ``high_at``, bit j for value j."""
+    low = _shifted(blocks[:, high_at + 4:], (0, 4), 16) & 0xF
+    high = _shifted(blocks[:, high_at:high_at + 4], tuple(range(8)), 1) & 1
+    return low | (high << 4)
+
+
+def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
+    return _scaled(_five_bit(blocks, 2).view(torch.int8) - 16, _half(blocks, 0))
+
+
+def _q5_1(blocks: torch.Tensor) -> torch.Tensor:
+    return _scaled(_five_bit(blocks, 4), _half(blocks, 0), _half(blocks, 2))
+
+
 def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
     return _scaled(blocks[:, 2:].view(torch.int8), _half(blocks, 0))
 
@@ -150,5 +166,5 @@ def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
 
 
 _TORCH_DEQUANT: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
-    Q4_0: _q4_0, Q4_1: _q4_1, Q8_0: _q8_0, Q4_K: _q4_k, Q5_K: _q5_k, Q6_K: _q6_k,
+    Q4_0: _q4_0, Q4_1: _q4_1, Q5_0: _q5_0, Q5_1: _q5_1, Q8_0: _q8_0, Q4_K: _q4_k, Q5_K: _q5_k, Q6_K: _q6_k,
 }

@@ -1,5 +1,5 @@
-"""A GGUF file through the gguf package's GGUFReader: metadata values, the tensor table and zero-copy tensor
-bytes from a copy-on-write memory map.
+"""A GGUF file through the gguf package's GGUFReader: metadata values, the tensor table (both cached on disk after
+the first read: gguf_cache.py) and zero-copy tensor bytes from a copy-on-write memory map.
 
 GGUFReader slices its ``np.memmap`` once per value part (about 250k slices for a 49k-token vocabulary
 with merges), and every slice of an ``np.memmap`` runs its Python ``__array_finalize__``: 3.5-4 s on a
@@ -18,6 +18,7 @@ import numpy as np
 from gguf import GGUFReader
 
 from pegboard.core.errors import UnsupportedModelError
+from pegboard.plugins.gguf_cache import cached_json
 
 if TYPE_CHECKING:
     import torch
@@ -79,21 +80,30 @@ def _parse_cached(path: str, _mtime_ns: int, _size: int) -> GGUFFile:
 
 
 def parse_gguf(path: str) -> GGUFFile:
-    """Read the header, metadata and tensor table of the GGUF file at ``path`` with GGUFReader."""
+    """The header, metadata and tensor table of the GGUF file at ``path`` (read with GGUFReader once, then from
+    the cache: gguf_cache.py), and a copy-on-write map of its bytes (torch wants writable arrays)."""
     with open(path, "rb") as f:
         if f.read(len(_MAGIC)) != _MAGIC:
             raise UnsupportedModelError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF')")
+    index = cached_json(path, "index", "gguf", lambda: _read_index(path))
+    metadata = index["metadata"]
+    if "general.architecture" not in metadata:
+        raise UnsupportedModelError(f"{path} has no general.architecture in its metadata")
+    tensors = {name: TensorInfo(name, tuple(shape), ggml_type, offset, nbytes)
+               for name, shape, ggml_type, offset, nbytes in index["tensors"]}
+    return GGUFFile(path, metadata, tensors, np.memmap(path, mode="c").view(np.ndarray))
+
+
+def _read_index(path: str) -> dict[str, Any]:
+    """{"metadata": {key: value}, "tensors": [[name, torch shape, ggml type, offset, bytes]]} by GGUFReader."""
     try:
-        reader = _Reader(path, "c")  # copy-on-write, as torch wants writable arrays
+        reader = _Reader(path, "c")
     except (ValueError, KeyError, IndexError) as exc:  # bad version, unknown value or ggml type, truncated
         raise UnsupportedModelError(f"{path} is not a GGUF file the gguf package can read: {exc}") from None
     metadata = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-    if "general.architecture" not in metadata:
-        raise UnsupportedModelError(f"{path} has no general.architecture in its metadata")
-    tensors = {t.name: TensorInfo(t.name, tuple(reversed(t.shape.tolist())), int(t.tensor_type), int(t.data_offset),
-                                  int(t.n_bytes))
-               for t in reader.tensors}
-    return GGUFFile(path, metadata, tensors, reader.data)
+    tensors = [[t.name, list(reversed(t.shape.tolist())), int(t.tensor_type), int(t.data_offset), int(t.n_bytes)]
+               for t in reader.tensors]
+    return {"metadata": metadata, "tensors": tensors}
 
 
 class _Reader(GGUFReader):

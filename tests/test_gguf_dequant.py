@@ -13,7 +13,7 @@ from pegboard.plugins.gguf_dequant import block_layout, dequantize, supported_ty
 FAST_TYPES = [GGMLQuantizationType[name] for name in supported_type_names()]
 
 
-@pytest.mark.parametrize("qtype", [*FAST_TYPES, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q3_K],
+@pytest.mark.parametrize("qtype", [*FAST_TYPES, GGMLQuantizationType.Q2_K, GGMLQuantizationType.Q3_K],
                          ids=lambda t: t.name)
 def test_matches_gguf_numpy(qtype: GGMLQuantizationType):
     block_size, block_bytes = GGML_QUANT_SIZES[qtype]
@@ -42,7 +42,7 @@ def test_large_cpu_tensors_in_pieces_match(qtype: GGMLQuantizationType, monkeypa
 
 
 def test_covers_the_common_types():
-    assert {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K"} <= set(supported_type_names())
+    assert {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"} <= set(supported_type_names())
 
 
 def test_unknown_and_unsupported_types():

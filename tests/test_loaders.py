@@ -41,7 +41,8 @@ def hf_files(smollm2_hf_dir: Path) -> ModelFiles:
 
 def test_gguf_config_matches_hf_copy(gguf_files, hf_files):
     config, reference = GGUFLoader().load_config(gguf_files), SafetensorsLoader().load_config(hf_files)
-    assert type(config) is type(reference)
+    assert type(config.to_transformers()) is type(reference)
+    assert config.to_transformers().rope_parameters == config.rope_parameters
     for key in ("architectures", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
                 "rms_norm_eps", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
@@ -177,7 +178,8 @@ def test_gguf_qwen3_names_and_no_permutation(tmp_path: Path):
                        {"qwen3.attention.key_length": (4, gguf.GGUFValueType.UINT32)})
     loader = GGUFLoader()
     config = loader.load_config(files)
-    assert (type(config).__name__, config.head_dim, config.tie_word_embeddings) == ("Qwen3Config", 4, False)
+    assert (config.model_type, config.head_dim, config.tie_word_embeddings) == ("qwen3", 4, False)
+    assert type(config.to_transformers()).__name__ == "Qwen3Config"
     weights = dict(loader.iter_weights(files, config))
     assert set(weights) == {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_norm.weight",
                             "model.layers.0.self_attn.q_proj.bias", "lm_head.weight"}
@@ -191,8 +193,10 @@ def test_gguf_llama3_rope_freqs(tmp_path: Path):
     factors = torch.tensor(llama3_rope_factors(scaling, 64, 10000.0))
     head_dim = {"llama.attention.key_length": (64, gguf.GGUFValueType.UINT32)}
     files = write_gguf(tmp_path / "llama3.gguf", "llama", {"rope_freqs.weight": factors.numpy()}, head_dim)
-    rope = GGUFLoader().load_config(files).rope_parameters
+    config = GGUFLoader().load_config(files)
+    rope = config.rope_parameters
     assert (rope["rope_type"], rope["factor"], rope["high_freq_factor"]) == ("llama3", 32.0, 4.0)
+    assert config.to_transformers().rope_parameters == rope  # the same as transformers makes of the two fields
     files = write_gguf(tmp_path / "odd.gguf", "llama", {"rope_freqs.weight": (factors * 3).numpy()}, head_dim)
     with pytest.raises(UnsupportedModelError, match="not Llama 3 rope scaling"):
         GGUFLoader().load_config(files)

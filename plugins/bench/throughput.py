@@ -186,7 +186,9 @@ def load_hf_model(info: ModelInfo, load_format: str) -> Any:
     kwargs = dict(dtype=info.dtype, attn_implementation="sdpa")
     if load_format == "dummy":  # random init straight on the device: minutes faster than on the CPU for 8B
         with torch.device(info.device):
-            model = AutoModelForCausalLM.from_config(info.hf_config, **kwargs)
+            config = info.hf_config  # a GGUF file's is a plain record (plugins/gguf_model_config.py)
+            config = config.to_transformers() if hasattr(config, "to_transformers") else config
+            model = AutoModelForCausalLM.from_config(config, **kwargs)
     elif info.files.format == "gguf":
         path = Path(info.files.path)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)

@@ -1,7 +1,9 @@
-"""CPU decode, prefill and start-up on the packaged SmolLM2 Q4_1 GGUF: the exact float32 path against the packed
-GGUF-block path (``cpu_weights``), both engines in this one process, runs alternating.
+"""CPU decode, prefill and start-up on the packaged SmolLM2 Q4_1 GGUF (or ``--model``): the exact float32 path
+against the packed GGUF-block path (``--settings``: ``cpu_weights`` values), the engines in this one process, runs
+alternating.
 
     python tests/cpu/bench_cpu_decode.py [--repeat 3] [--threads N] [--tokens 128] [--prompt-tokens 512]
+    python tests/cpu/bench_cpu_decode.py --model ~/.cache/pegboard/reference/smollm2-hf --settings fp32,int8,int4
 
 Figures (best of ``--repeat`` after one untimed warm-up each; the 1-minute load average beside each):
 - decode tok/s: one request alone, ``--tokens`` greedy tokens (ignore_eos) after a short chat prompt, timed
@@ -40,11 +42,11 @@ def copy_bandwidth_gbs() -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
-def start(setting: str, threads: int | None):
+def start(model: str, setting: str, threads: int | None):
     from pegboard import LLM
 
     started = time.perf_counter()
-    llm = LLM("smollm2", dtype="float32", max_model_len=2048, device="cpu", cpu_weights=setting,
+    llm = LLM(model, dtype="float32", max_model_len=2048, device="cpu", cpu_weights=setting,
               cpu_threads=threads, disable_progress_bar=True)
     return llm, time.perf_counter() - started
 
@@ -98,6 +100,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--bandwidth-gbs", type=float, default=None)
     parser.add_argument("--cold-build", action="store_true", help="time a first build of the C++ kernels")
+    parser.add_argument("--model", default="smollm2", help="the checkpoint (default: the packaged GGUF)")
+    parser.add_argument("--settings", default="fp32,packed", help="cpu_weights settings to compare, comma-separated")
     args = parser.parse_args()
 
     import torch
@@ -114,12 +118,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads by default, copy bandwidth "
           f"{bandwidth:.1f} GB/s (read + write)")
 
-    settings = ("fp32", "packed")
+    settings = tuple(args.settings.split(","))
     engines, startup = {}, {s: [] for s in settings}
     for _ in range(2):  # start each twice, alternating (the first start also parses the GGUF file)
         for setting in settings:
             engines.pop(setting, None)
-            engines[setting], seconds = start(setting, args.threads)
+            engines[setting], seconds = start(args.model, setting, args.threads)
             startup[setting].append((seconds, load_average()))
     decode = {s: [] for s in settings}
     prefill = {s: [] for s in settings}

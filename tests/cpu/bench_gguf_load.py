@@ -102,7 +102,7 @@ def time_engine(load_format: str, loader_module: types.ModuleType, path: Path, b
 
 
 # where each block type keeps its fp16 scales (d, and dmin where it has one)
-_SCALE_OFFSETS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q8_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+_SCALE_OFFSETS = {"Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
 def random_blocks(ggml_type: int, rows: int, columns: int) -> "torch.Tensor":

@@ -47,7 +47,7 @@ def hf_model(gguf: str):
     files = ModelFiles(gguf, "gguf", "smollm2")
     loader = GGUFLoader()
     config = loader.load_config(files)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config.to_transformers(), dtype=torch.float32)
     state = dict(loader.iter_weights(files, config))
     if "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]

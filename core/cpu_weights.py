@@ -3,9 +3,10 @@ Q8_0 also holds them packed, one in another block type (K-quants, Q5_*, IQ*) its
 8-bit blocks of 32 (Q8_0's format), and batches of up to ``PACKED_MAX_ROWS`` rows multiply by those (a quarter to an
 eighth of float32's memory traffic: kernels/cpu_gguf_matmul.py), a decoder layer whose projections are all packed
 as two C++ calls around attention (core/cpu_decoder_blocks.py). Larger batches (prefill chunks) run a GEMM of the
-dequantized weights: bfloat16 on a CPU with AMX tiles (3.9x float32's speed there), float32 elsewhere.
+dequantized weights: bfloat16 on a CPU with AMX tiles or AVX512-BF16 (2.5-3.9x float32's speed there), float32
+elsewhere.
 ``cpu_weights="fp32"`` keeps float32 everywhere (the exact path); the packed one computes nearly the same products
-(16-bit activations against the integer quants; bfloat16 prompt products where AMX runs them).
+(16-bit activations against the integer quants; bfloat16 prompt products where the CPU runs them natively).
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ PACKED_MAX_ROWS = 64
 
 
 def prefill_gemm_dtype() -> torch.dtype:
-    """bfloat16 where the CPU has AMX tiles (30 layers of SmolLM2 at 290 rows: 61 against 235 ms in float32, 2-core
-    Xeon), float32 elsewhere (without AMX, bfloat16 GEMMs are not measured faster here)."""
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    return torch.bfloat16 if has_amx() else torch.float32
+    """bfloat16 where the CPU multiplies it natively, with AMX tiles (30 layers of SmolLM2 at 290 rows: 61 against
+    235 ms in float32, 2-core Xeon) or AVX512-BF16 (SmolLM2's shapes at 256-512 rows: 300-390 against 100-155
+    GFLOP/s, 2-core AMD EPYC); float32 elsewhere (bfloat16 there is converted to float32 on the fly)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return torch.bfloat16 if native else torch.float32
 
 
 def wants_packed_weights(setting: str, device: torch.device, dtype: torch.dtype, loader: Any, tp_size: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import time
 from typing import Any
 
 from pegboard.core.config import EngineConfig
@@ -106,8 +107,20 @@ class CoreProcessClient:
             self._conn.send(("shutdown",))
         except (BrokenPipeError, OSError):
             pass
-        self.process.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self.process.is_alive() and time.monotonic() < deadline:
+            self._drain(min(0.05, max(0.0, deadline - time.monotonic())))
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
         self._conn.close()
+
+    def _drain(self, seconds: float) -> None:
+        """Read and drop what the core sends, so a core blocked writing a step's outputs gets to read its
+        shutdown message; otherwise just wait ``seconds``."""
+        try:
+            while self._conn.poll(seconds):
+                self._conn.recv()
+                seconds = 0
+        except (EOFError, OSError):
+            self.process.join(0.05)

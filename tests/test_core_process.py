@@ -18,6 +18,7 @@ from pegboard.core.async_engine import AsyncLLMEngine, EngineDeadError
 from pegboard.core.config import EngineConfig
 from pegboard.core.core_client import CoreProcessClient
 from pegboard.core.engine import LLMEngine
+from pegboard.core.messages import EngineCoreRequest
 from pegboard.core.sampling_params import SamplingParams
 from pegboard.server.app import build_app
 from pegboard.server.uvicorn_server import serving_in_thread
@@ -146,3 +147,14 @@ def test_async_engine_over_a_core_process_streams(tiny_llama_dir):
         engine.shutdown()
     with pytest.raises(EngineDeadError):
         asyncio.run(anext(engine.generate([1], SamplingParams(), "late").__aiter__()))
+
+
+def test_shutdown_is_prompt_while_the_core_is_blocked_writing_outputs_nobody_reads(tiny_llama_dir):
+    client = CoreProcessClient(config(tiny_llama_dir, skip_tokenizer_init=True, max_num_seqs=64))
+    params = SamplingParams(max_tokens=2000, ignore_eos=True, temperature=0.0, logprobs=5)
+    for i in range(64):
+        client.add_request(EngineCoreRequest(str(i), (1, 2, 3), params, None, time.monotonic()))
+    time.sleep(3)  # the core fills the pipe with steps' outputs and blocks in send()
+    started = time.monotonic()
+    client.shutdown()
+    assert time.monotonic() - started < 5 and client.process.exitcode is not None

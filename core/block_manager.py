@@ -55,7 +55,8 @@ class BlockManager:
         """Called after a step computed more of the request's KV (prefix caching hashes full blocks here)."""
 
     def free(self, request: Request) -> None:
-        """Release every block of the request (last block first, so its prefix stays cached longest)."""
+        """Release every block of the request (last block first: the plain list hands them out again first block
+        first; prefix caching keeps the prefix cached longest)."""
         for block_id in reversed(request.block_table):
             self._release(block_id)
         request.block_table = []
@@ -69,5 +70,5 @@ class BlockManager:
     def _release(self, block_id: int) -> None:
         self.ref_counts[block_id] -= 1
         assert self.ref_counts[block_id] >= 0, f"block {block_id} released more often than taken"
-        if self.ref_counts[block_id] == 0:
-            self.free_block_ids.append(block_id)
+        if self.ref_counts[block_id] == 0:  # reused first: its memory is mapped and likely in cache
+            self.free_block_ids.appendleft(block_id)

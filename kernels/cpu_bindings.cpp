@@ -16,6 +16,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "packed decoder layer after attention: (MLP output, o + residual) (cpu_decoder_blocks.cpp)");
   module.def("paged_decode_attention", &paged_decode_attention,
              "decode rows [B, H, D] attending over the paged KV cache by block table (cpu_decode_attention.cpp)");
+  module.def("silu_and_mul_bf16", &silu_and_mul_bf16,
+             "silu(gate) * up for bfloat16 rows [gate | up] -> bfloat16, in float32 (cpu_silu_and_mul.cpp)");
   module.def("rotary_qk_", &rotary_qk_, "rotate the first heads of every qkv row in place (rotate-half rotary)");
   module.def("add_rms_norm", &add_rms_norm, "(RMSNorm of x + residual, x + residual) for float32 rows",
              pybind11::arg("x"), pybind11::arg("residual"), pybind11::arg("weight"), pybind11::arg("eps"));

@@ -16,7 +16,7 @@ logger = logging.getLogger("pegboard.kernels.cpu_build")
 
 _DIR = Path(__file__).parent
 SOURCES = ("cpu_gguf_matmul.cpp", "cpu_decoder_blocks.cpp", "cpu_decode_attention.cpp",
-           "cpu_rotary.cpp", "cpu_rms_norm.cpp", "cpu_bindings.cpp")
+           "cpu_rotary.cpp", "cpu_rms_norm.cpp", "cpu_silu_and_mul.cpp", "cpu_bindings.cpp")
 
 
 @functools.cache

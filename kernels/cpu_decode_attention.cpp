@@ -11,6 +11,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "cpu_vector_exp.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -29,25 +31,6 @@ inline __mmask16 lanes(int64_t n, int64_t chunk) {
   return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
 }
 
-// e^x for x <= 0 (scores minus their maximum): 2^n * e^r, r = x - n ln2 in [-ln2/2, ln2/2], e^r by its degree-6
-// Taylor polynomial (relative error under 2e-7); below -87 the result flushes to 0 as float32's e^x does.
-inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);  // ln2 in two parts: exact n * hi
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-#endif
-
-#if defined(__AVX512F__)
 // 16 lanes of a cache row as float32 (masked lanes 0).
 inline __m512 load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 inline __m512 load(const at::Half* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const void*>(p))); }
@@ -77,7 +60,7 @@ inline void softmax(float* p, int64_t L) {
   __m512 sum = _mm512_setzero_ps();
   for (int64_t c = 0; 16 * c < L; ++c) {
     const __mmask16 m = lanes(L, c);
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + 16 * c), top));
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + 16 * c), top));
     sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
     _mm512_mask_storeu_ps(p + 16 * c, m, e);
   }

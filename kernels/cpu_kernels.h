@@ -26,3 +26,4 @@ std::vector<at::Tensor> attention_outputs(const at::Tensor& o, const at::Tensor&
                                           const std::vector<at::Tensor>& down, const c10::optional<at::Tensor>& down_bias);
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                  const at::Tensor& tables, const at::Tensor& lens, int64_t block_size, double scale);
+at::Tensor silu_and_mul_bf16(const at::Tensor& gate_up);

@@ -203,6 +203,8 @@ class DecoderLayer(nn.Module):
         h, residual = self.input_layernorm(x, residual)
         h = self.self_attn(positions, h, attn)
         h, residual = self.post_attention_layernorm(h, residual)
+        if blocks is not None and blocks.prompt_mlp is not None:  # a prompt chunk on the packed path
+            return blocks.prompt_mlp(h), residual
         return self.mlp(h), residual
 
     def use_packed_blocks(self, ops: Any, max_rows: int) -> bool:

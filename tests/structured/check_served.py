@@ -215,12 +215,12 @@ def formats_used(schema, found: set[str]) -> set[str]:
 
 def coverage(schemas: list[dict]) -> tuple[list[str], list[str]]:
     """The built-in backend's JSON-schema keywords and formats that no schema uses."""
-    from pegboard.plugins.structured_outputs import json_schema
+    from pegboard.plugins.structured_outputs import json_schema, json_text
 
     supported = set().union(*json_schema.KEYWORDS.values()) | {"$defs", "definitions"}
     used = set().union(*(keywords_used(s["schema"], set()) for s in schemas))
     formats = set().union(*(formats_used(s["schema"], set()) for s in schemas))
-    return sorted(supported - used), sorted(set(json_schema.FORMATS) - formats)
+    return sorted(supported - used), sorted(set(json_text.FORMATS) - formats)
 
 
 async def check(url: str, args) -> int:

@@ -14,7 +14,8 @@ WHITESPACE = ra.seq(ra.repeat(_BLANK, 0, MAX_BLANKS),
                     ra.optional(ra.seq(ra.literal("\n"), ra.repeat(_BLANK, 0, MAX_INDENT))))
 
 _HEX = ra.chars([(48, 57), (65, 70), (97, 102)])
-_PLAIN = ra.complement(ra.chars([(0, 0x1F), (0x22, 0x22), (0x5C, 0x5C)]))  # written as itself in a JSON string
+_MUST_ESCAPE = ra.chars([(0, 0x1F), (0x22, 0x22), (0x5C, 0x5C)])  # control characters, '"' and '\\'
+_PLAIN = ra.complement(_MUST_ESCAPE)  # written as itself in a JSON string
 _ESCAPE = ra.seq(ra.literal("\\"), ra.alt(ra.char_set('"\\/bfnrt'), ra.seq(ra.literal("u"), ra.repeat(_HEX, 4, 4))))
 STRING_CHAR = ra.alt(_PLAIN, _ESCAPE)
 _SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -33,7 +34,7 @@ FORMATS = {  # the regular string formats (RFC 3339 dates and times, RFC 4122 uu
 def escape_in_string(node: ra.Node) -> ra.Node:
     """A tree over decoded string characters -> the same strings as written inside JSON quotes."""
     if isinstance(node, ra.Chars):
-        special = ra.intersect(node, ra.chars([(0, 0x1F), (0x22, 0x22), (0x5C, 0x5C)]))
+        special = ra.intersect(node, _MUST_ESCAPE)
         escapes = [ra.literal(_SHORT.get(chr(c), f"\\u{c:04x}")) for lo, hi in special.ranges for c in range(lo, hi + 1)]
         return ra.alt(ra.intersect(node, _PLAIN), *escapes)
     if isinstance(node, ra.Concat):

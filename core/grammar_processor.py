@@ -42,6 +42,19 @@ def grammar_spec(params: SamplingParams, grammars: Any, backend: str = "pegboard
     return name, spec["spec"]
 
 
+def compile_matcher(grammars: Any, params: SamplingParams, *, backend: str, vocab_size: int,
+                    tokenizer: Callable[[], Any]) -> GrammarMatcher | None:
+    """The request's matcher for this vocabulary, checked against GrammarMatcher; None for a request without a
+    grammar (``tokenizer()`` is called only for a request with one)."""
+    spec = grammar_spec(params, grammars, backend)
+    if spec is None:
+        return None
+    name, body = spec
+    matcher = grammars.get(name).compile(body, vocab_size=vocab_size, tokenizer=tokenizer())
+    require(matcher, GrammarMatcher, kind="grammar matcher", name=name, owner=grammars.owners[name])
+    return matcher
+
+
 def check_grammar(params: SamplingParams, grammars: Any, backend: str = "pegboard") -> None:
     """Refuse, by name, a grammar nothing provides or a spec its grammar finds wrong (the front end's check)."""
     spec = grammar_spec(params, grammars, backend)
@@ -56,8 +69,9 @@ class GrammarProcessor:
 
     def __init__(self, grammars: Any, *, vocab_size: int, device: Any, eos_token_id: Callable[[str], int | None],
                  tokenizer: Any = None, load_tokenizer: Callable[[], Any] | None = None,
-                 backend: str = "pegboard") -> None:
+                 backend: str = "pegboard", defer_to: Any = None) -> None:
         self.grammars = grammars
+        self.defer_to = defer_to  # a DeviceGrammarProcessor: the requests it holds are not this one's
         self.backend = backend
         self.vocab_size = vocab_size
         self.device = device
@@ -67,16 +81,19 @@ class GrammarProcessor:
         self.matchers: dict[str, GrammarMatcher] = {}
 
     def add_request(self, request_id: str, params: SamplingParams, prompt_token_ids: Sequence[int]) -> bool:
-        spec = grammar_spec(params, self.grammars, self.backend)
-        if spec is None:
+        if self.defer_to is not None and self.defer_to.holds(request_id):
             return False
-        name, body = spec
-        if self.tokenizer is None and self.load_tokenizer is not None:
-            self.tokenizer = self.load_tokenizer()
-        matcher = self.grammars.get(name).compile(body, vocab_size=self.vocab_size, tokenizer=self.tokenizer)
-        require(matcher, GrammarMatcher, kind="grammar matcher", name=name, owner=self.grammars.owners[name])
+        matcher = compile_matcher(self.grammars, params, backend=self.backend, vocab_size=self.vocab_size,
+                                  tokenizer=self._tokenizer)
+        if matcher is None:
+            return False
         self.matchers[request_id] = matcher
         return True
+
+    def _tokenizer(self) -> Any:
+        if self.tokenizer is None and self.load_tokenizer is not None:
+            self.tokenizer = self.load_tokenizer()
+        return self.tokenizer
 
     def accept_tokens(self, request_id: str, token_ids: Sequence[int]) -> None:
         matcher = self.matchers[request_id]
@@ -125,12 +142,7 @@ class GrammarProcessor:
         rows = torch.tensor([row for row, _ in guided], dtype=torch.long, pin_memory=pinned)
         if pinned:
             bitmask, rows = bitmask.to(logits.device, non_blocking=True), rows.to(logits.device, non_blocking=True)
-            from pegboard.kernels.token_bitmask import apply_token_bitmask
-        elif logits.device.type == "cpu":
-            from pegboard.kernels.cpu_token_bitmask import apply_token_bitmask_cpu as apply_token_bitmask
-        else:
-            from pegboard.kernels.reference import apply_token_bitmask_ref as apply_token_bitmask
-        return apply_token_bitmask(logits, bitmask, rows)
+        return apply_bitmask(logits, bitmask, rows)
 
     @staticmethod
     def _fill(words, matcher: GrammarMatcher) -> None:
@@ -143,6 +155,17 @@ class GrammarProcessor:
             allowed = torch.zeros(words.numel() * 32, dtype=torch.bool)
             allowed[list(matcher.allowed_token_ids())] = True
             words.copy_(pack_bits(allowed))
+
+
+def apply_bitmask(logits, bitmask, rows):
+    """-inf in place where bitmask row i forbids a token of logits row rows[i] (both on the logits' device)."""
+    if logits.device.type == "cuda":
+        from pegboard.kernels.token_bitmask import apply_token_bitmask
+    elif logits.device.type == "cpu":
+        from pegboard.kernels.cpu_token_bitmask import apply_token_bitmask_cpu as apply_token_bitmask
+    else:
+        from pegboard.kernels.reference import apply_token_bitmask_ref as apply_token_bitmask
+    return apply_token_bitmask(logits, bitmask, rows)
 
 
 def pack_bits(allowed) -> "torch.Tensor":

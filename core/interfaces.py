@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # keep this module torch-free at import time
     from transformers import PretrainedConfig
 
     from pegboard.core.attention import AttentionContext
+    from pegboard.core.byte_dfa import ByteDFA
     from pegboard.core.config import EngineConfig
     from pegboard.core.launched_step import LaunchedStep
     from pegboard.core.messages import RunnerOutput, SchedulerOutput
@@ -148,8 +149,21 @@ class TableGrammarMatcher(BitmaskGrammarMatcher, Protocol):
     """A bitmask matcher that declares ``supports_mask_table``: its rows are rows of one table that matchers of
     the same compiled grammar share, so a step gathers all their rows in one indexing op."""
 
+    supports_byte_dfa: bool  # True: a ByteDFAMatcher, which a step can follow on the device
+
     def mask_row(self) -> tuple[torch.Tensor, int]:
         """(the [S, ceil(V / 32)] int32 table on the host, the row of the current state)."""
+
+
+@runtime_checkable
+class ByteDFAMatcher(TableGrammarMatcher, Protocol):
+    """A table matcher that declares ``supports_byte_dfa``: its grammar is a ByteDFA and its state a number in
+    it, so the engine may follow it on the device and never wait for its tokens on the host."""
+
+    state: int
+
+    def byte_dfa(self) -> ByteDFA:
+        """The compiled grammar's ByteDFA (the same object for every matcher of it)."""
 
 
 @runtime_checkable
@@ -240,6 +254,7 @@ CAPABILITIES: dict[str, str] = {
     "supports_cuda_graphs": "pegboard.core.attention:CudaGraphAttentionBackend",
     "supports_bitmask": "pegboard.core.interfaces:BitmaskGrammarMatcher",
     "supports_mask_table": "pegboard.core.interfaces:TableGrammarMatcher",
+    "supports_byte_dfa": "pegboard.core.interfaces:ByteDFAMatcher",
 }
 
 

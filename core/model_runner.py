@@ -20,6 +20,7 @@ from pegboard.core.logprobs import top_logprobs
 from pegboard.core.errors import InvalidParameterError, UnsupportedModelError
 from pegboard.core.model_files import ModelFiles
 from pegboard.kernels.compile_watch import watch_triton_compiles
+from pegboard.core.device_grammar_processor import DeviceGrammarProcessor, follows_grammars_on_device
 from pegboard.core.grammar_processor import GrammarProcessor
 from pegboard.core.interfaces import Sampler
 from pegboard.core.logits_processors import LogitsProcessors
@@ -121,11 +122,20 @@ class ModelRunner:
         self._staging32 = HostStaging(self.device, torch.int32)
         processors = [board.logits_processors.build(name, vocab_size=self.vocab_size, device=self.device, config=config)
                       for name in board.logits_processors.names()]
+        self._device_grammar: DeviceGrammarProcessor | None = None
+        self._no_proposals: set[str] = set()  # guided requests: their proposals' rows are not masked as proposals
         if board.grammars.names():  # guided decoding: a matcher per request that asks for a registered grammar
+            backend = structured_outputs_backend(config.structured_outputs_config)
+            eos_of: Callable[[str], int | None] = lambda rid: self.batch.requests[rid].eos_token_id
+            load = lambda: shared_tokenizer(config, board, files)  # noqa: E731
+            if follows_grammars_on_device(self.device):
+                self._device_grammar = DeviceGrammarProcessor(board.grammars, vocab_size=self.vocab_size,
+                                                              device=self.device, eos_token_id=eos_of,
+                                                              load_tokenizer=load, backend=backend)
+                processors.append(self._device_grammar)
             processors.append(GrammarProcessor(board.grammars, vocab_size=self.vocab_size, device=self.device,
-                                               eos_token_id=lambda rid: self.batch.requests[rid].eos_token_id,
-                                               load_tokenizer=lambda: shared_tokenizer(config, board, files),
-                                               backend=structured_outputs_backend(config.structured_outputs_config)))
+                                               eos_token_id=eos_of, load_tokenizer=load, backend=backend,
+                                               defer_to=self._device_grammar))
         self.logits_processors = LogitsProcessors(processors)
 
     @property
@@ -237,6 +247,9 @@ class ModelRunner:
         self.logits_processors.add_request(state.request_id, params, state.prompt_token_ids)
         if any(params.penalties_used) or self.logits_processors.follows(state.request_id):
             self._wants_host_tokens.add(state.request_id)
+            self._no_proposals.add(state.request_id)
+        elif self._device_grammar is not None and self._device_grammar.holds(state.request_id):
+            self._no_proposals.add(state.request_id)
 
     def _replay_decode(self, input_ids: list[int], positions: list[int], slots: list[int],
                        context_lens: list[int], tables: list[list[int]], pending_at: list[int],
@@ -264,6 +277,8 @@ class ModelRunner:
             self._last_step.result()
         sample_logits = self.logits_processors.apply(logits[:num_sampled], rows)
         out = self.sampler.sample(sample_logits, rows)
+        if self._device_grammar is not None:
+            self._device_grammar.on_sampled(out.token_ids)
         self._previous_samples = out.token_ids
         self._previous_sample_rows = {s.request_id: row for row, s in enumerate(rows)}  # a request's last row
         requests = list(dict.fromkeys(rows))  # one per request, in row order
@@ -295,7 +310,7 @@ class ModelRunner:
             for state in requests:
                 width = state.spec_rows
                 # a processor that follows tokens edits only a request's first row right: no proposal is kept
-                verified = () if state.request_id in self._wants_host_tokens else proposals.get(state.request_id, ())
+                verified = () if state.request_id in self._no_proposals else proposals.get(state.request_id, ())
                 chosen = _accepted(flat_tokens[row:row + width], verified)
                 token_ids.append(chosen)
                 if flat_logprobs is not None:
@@ -326,6 +341,7 @@ class ModelRunner:
             self.sampler.free(request_ids)
             self.logits_processors.remove_requests(request_ids)
             self._wants_host_tokens.difference_update(request_ids)
+            self._no_proposals.difference_update(request_ids)
 
 
 def _extend_slots(slots: list[int], table: list[int], block_size: int, start: int, end: int) -> None:
@@ -358,9 +374,13 @@ def _zip_logprobs(ids: list[list[int]], values: list[list[float]], ranks: list[i
 
 
 def _warm_token_bitmask(vocab_size: int, device: torch.device) -> None:
-    """Compile the guided-decoding mask kernel for this vocabulary's float32 logits."""
+    """Compile the guided-decoding kernels: the mask for this vocabulary's float32 logits, and the DFA walk."""
+    from pegboard.kernels.dfa_walk import dfa_walk
     from pegboard.kernels.token_bitmask import apply_token_bitmask
 
     apply_token_bitmask(torch.zeros(1, vocab_size, device=device),
                         torch.full((1, -(-vocab_size // 32)), -1, dtype=torch.int32, device=device),
                         torch.zeros(1, dtype=torch.long, device=device))
+    one = torch.ones(1, dtype=torch.long, device=device)
+    dfa_walk(one.int(), one, -one, torch.zeros(2, 4, dtype=torch.uint8, device=device), one.int().repeat(2),
+             torch.zeros(2, 256, dtype=torch.int32, device=device), torch.zeros(2, dtype=torch.bool, device=device))

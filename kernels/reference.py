@@ -117,3 +117,17 @@ def apply_token_bitmask_ref(logits: torch.Tensor, bitmask: torch.Tensor, rows: t
     allowed = unpack_token_bitmask(bitmask, logits.shape[1])  # [R, V]
     logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
     return logits
+
+
+def dfa_walk_ref(states: torch.Tensor, token_ids: torch.Tensor, eos_ids: torch.Tensor, token_bytes: torch.Tensor,
+                 token_lengths: torch.Tensor, transitions: torch.Tensor, accepting: torch.Tensor) -> torch.Tensor:
+    """Each DFA state stepped by its token's bytes (state 0 is dead; an empty token leads there); a token equal
+    to the row's EOS id (-1: none) in an accepting state leaves the state as it was."""
+    # states, token_ids, eos_ids: [R]; token_bytes: [V, L] uint8; token_lengths: [V]; transitions: [S, 256]
+    lengths = token_lengths[token_ids].long()
+    walked = torch.where(lengths > 0, states.long(), 0)
+    pieces = token_bytes[token_ids].long()
+    for k in range(int(lengths.max()) if lengths.numel() else 0):
+        walked = torch.where(lengths > k, transitions[walked, pieces[:, k]].long(), walked)
+    ended = (token_ids == eos_ids) & accepting[states.long()]
+    return torch.where(ended, states.long(), walked).to(states.dtype)

@@ -42,6 +42,7 @@ class TableMatcher(RowMatcher):
     """Hands over a row of a table that other matchers share."""
 
     supports_mask_table = True
+    supports_byte_dfa = False
 
     def __init__(self, table: torch.Tensor, state: int, allowed: list[int], finished: bool = False) -> None:
         super().__init__(allowed, finished)
@@ -118,3 +119,64 @@ def test_a_batch_of_one_grammar_gathers_its_rows_and_eos_may_be_any_bit_of_a_wor
     for row, (rid, matcher) in enumerate(matchers.items()):
         allowed = set(matcher.allowed) | ({eos} if matcher.finished else set())
         assert set(torch.isfinite(logits[row]).nonzero()[:, 0].tolist()) == allowed, rid
+
+
+def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would():
+    """DeviceGrammarProcessor (states in a tensor, walked after sampling) against one host DFAMatcher per request:
+    rows that change from step to step, a request with two rows (a proposal's), EOS where the grammar can end,
+    a request that leaves and an id that comes back, and more requests than its first state slots."""
+    import random
+
+    from pegboard.core.device_grammar_processor import DeviceGrammarProcessor
+    from pegboard.kernels.reference import dfa_walk_ref
+    from pegboard.plugins.structured_outputs.dfa import compile_dfa
+    from pegboard.plugins.structured_outputs.matcher import CompiledGrammar, DFAMatcher
+    from pegboard.plugins.structured_outputs.regex_parser import parse_regex
+    from pegboard.plugins.structured_outputs.vocabulary import Vocabulary, _trie, mask_table
+
+    pieces = [b"", b"", b""] + [bytes([c]) for c in b"ab,;"] + [b"ab", b"ba", b"a,", b";;"] + [b""] * (VOCAB - 11)
+    dfa = compile_dfa(parse_regex("((a|b){1,4}[,;])*"))
+    vocabulary = Vocabulary(tuple(pieces), *_trie(pieces))
+    compiled = CompiledGrammar(dfa, vocabulary, torch.from_numpy(mask_table(dfa, vocabulary)),
+                               dfa.transitions.tolist(), dfa.accepting.tolist())
+
+    class Compiles(Grammars):
+        def compile(self, spec, *, vocab_size, tokenizer=None):
+            return DFAMatcher(compiled)
+
+    processor = DeviceGrammarProcessor(Compiles([]), vocab_size=VOCAB, device="cpu", eos_token_id=lambda rid: EOS,
+                                       walk=dfa_walk_ref)
+    guided = SamplingParams(extra={"grammar": {"kind": "fake", "spec": {}}})
+    reference: dict[str, DFAMatcher] = {}
+    rng = random.Random(0)
+    for i in range(300):  # more than the 256 slots it starts with
+        assert processor.add_request(f"w{i}", guided, [1])
+    for i in range(300):
+        processor.remove_request(f"w{i}")
+    for step in range(60):
+        if step % 7 == 3:
+            gone = rng.choice(sorted(reference))
+            processor.remove_request(gone)
+            del reference[gone]
+        for rid in (f"r{i}" for i in range(6)):
+            if rid not in reference:
+                assert processor.add_request(rid, guided, [1])
+                reference[rid] = DFAMatcher(compiled)
+        order = [rid for rid in sorted(reference) if not (step % 5 == 4 and rid == "r2")]  # r2 sits out some steps
+        rows = [rid for rid in order for _ in range(2 if rid == "r1" and step % 2 else 1)]  # r1: a proposal row
+        logits = processor.apply(torch.zeros(len(rows), VOCAB), rows)
+        sampled = []
+        for row, rid in enumerate(rows):
+            allowed = set(torch.isfinite(logits[row]).nonzero()[:, 0].tolist())
+            expected = set(reference[rid].allowed_token_ids()) | ({EOS} if reference[rid].is_finished() else set())
+            assert allowed == expected, (step, rid)
+            choices = sorted(allowed)
+            sampled.append(rng.choice(choices) if choices else EOS)
+        processor.on_sampled(torch.tensor(sampled))
+        for rid in order:
+            token = sampled[rows.index(rid)]  # the request's first row
+            if not (token == EOS and reference[rid].is_finished()):
+                reference[rid].accept(token)
+            if reference[rid].state == 0:  # dead (nothing allowed any more): the request starts over
+                processor.remove_request(rid)
+                del reference[rid]

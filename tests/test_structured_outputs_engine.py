@@ -162,3 +162,22 @@ def test_a_request_aborted_while_its_grammar_compiles_is_gone(slow):
     assert not engine.has_unfinished_requests()
     grammar.release.set()
     assert engine.step() == []
+
+
+def test_followed_on_the_device_guided_steps_never_wait_for_tokens_and_sample_what_the_host_path_does(
+        tiny_chat_model, start_engine, monkeypatch):
+    """The CUDA path (grammar states on the device, walked after sampling) forced on here: the same seeded texts
+    as the host path, every one valid, and no guided request ever marked as waiting for its tokens on the host."""
+    params = guided("json_schema", SCHEMA, seed=3)
+    host = texts(start_engine(tiny_chat_model, skip_tokenizer_init=False), ["a", "bc", "a"], params)
+    monkeypatch.setattr("pegboard.core.model_runner.follows_grammars_on_device", lambda device: True)
+    engine = start_engine(tiny_chat_model, skip_tokenizer_init=False)
+    runner = engine.executor.runner
+    waited = []
+    step = engine.step
+    monkeypatch.setattr(engine, "step", lambda: (waited.append(bool(runner._wants_host_tokens)), step())[1])
+    on_device = texts(engine, ["a", "bc", "a"], params)
+    assert runner._device_grammar is not None and not any(waited)
+    assert on_device == host
+    for text in on_device:
+        jsonschema.validate(json.loads(text), SCHEMA)

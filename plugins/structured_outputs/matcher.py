@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+import numpy as np
+
+from pegboard.core.byte_dfa import ByteDFA
 
 from pegboard.plugins.structured_outputs.dfa import DEAD, DFA, START
 from pegboard.plugins.structured_outputs.vocabulary import Vocabulary
@@ -19,16 +24,29 @@ class CompiledGrammar:
     next_state: list[list[int]]  # transitions as Python lists (a token's walk in accept())
     accepting: list[bool]
 
+    @functools.cached_property
+    def byte_dfa(self) -> ByteDFA:
+        """The tensors a step walks on the device (built at the first request that asks)."""
+        import torch
+
+        token_bytes, token_lengths = self.vocabulary.padded_bytes
+        return ByteDFA(self.masks, torch.from_numpy(np.ascontiguousarray(self.dfa.transitions, dtype=np.int32)),
+                       torch.from_numpy(np.asarray(self.dfa.accepting, dtype=bool)), token_bytes, token_lengths)
+
 
 class DFAMatcher:
     """Follows one request through a CompiledGrammar: a state number, a row of masks per step."""
 
     supports_bitmask = True
     supports_mask_table = True  # a step gathers the rows of every matcher of one CompiledGrammar at once
+    supports_byte_dfa = True  # and may follow it on the device
 
     def __init__(self, compiled: CompiledGrammar) -> None:
         self.compiled = compiled
         self.state = START
+
+    def byte_dfa(self) -> ByteDFA:
+        return self.compiled.byte_dfa
 
     def fill_bitmask(self, words) -> None:
         words.copy_(self.compiled.masks[self.state])

@@ -12,6 +12,7 @@ them) are never allowed by the table; the grammar processor adds EOS when the ma
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,18 @@ class Vocabulary:
     @property
     def size(self) -> int:
         return len(self.token_bytes)
+
+    @functools.cached_property
+    def padded_bytes(self) -> tuple[Any, Any]:
+        """(every token's bytes as a zero-padded [V, L] uint8 tensor, their [V] int32 lengths), built once."""
+        import torch
+
+        lengths = np.fromiter(map(len, self.token_bytes), dtype=np.int64, count=self.size)
+        padded = np.zeros((self.size, max(int(lengths.max(initial=0)), 1)), dtype=np.uint8)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        padded[np.repeat(np.arange(self.size), lengths), np.arange(starts.size) - starts] = \
+            np.frombuffer(b"".join(self.token_bytes), dtype=np.uint8)
+        return torch.from_numpy(padded), torch.from_numpy(lengths.astype(np.int32))
 
 
 def _trie(pieces: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

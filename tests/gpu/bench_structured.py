@@ -86,22 +86,32 @@ def run(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> tuple[flo
     return time.perf_counter() - started, outputs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def shape_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The workload's arguments: the tokenizer folder, the number of requests, prompt and output lengths."""
     parser.add_argument("tokenizer_dir")
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--schema", nargs="+", choices=sorted(SCHEMAS), default=["order"])
-    args = parser.parse_args()
+    return parser
+
+
+def llm_and_prompts(tokenizer_dir: str, num_prompts: int, input_len: int) -> tuple[LLM, list[list[int]]]:
+    """The 8B-shaped dummy model with the tokenizer of ``tokenizer_dir``, and random prompts (seed 0)."""
     model = str(Path(tempfile.mkdtemp()) / "llama-3.1-8b-shape")
-    write_llama8b_config(model, args.tokenizer_dir)
+    write_llama8b_config(model, tokenizer_dir)
     llm = LLM(model, load_format="dummy", dtype="bfloat16", max_model_len=2304, max_num_seqs=256,
               max_num_batched_tokens=8192)
     vocab = len(llm.get_tokenizer())
     rng = random.Random(0)
-    prompts = [[rng.randrange(100, vocab) for _ in range(args.input_len)] for _ in range(args.num_prompts)]
+    return llm, [[rng.randrange(100, vocab) for _ in range(input_len)] for _ in range(num_prompts)]
+
+
+def main() -> None:
+    parser = shape_arguments(argparse.ArgumentParser())
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--schema", nargs="+", choices=sorted(SCHEMAS), default=["order"])
+    args = parser.parse_args()
+    llm, prompts = llm_and_prompts(args.tokenizer_dir, args.num_prompts, args.input_len)
     free = SamplingParams(temperature=args.temperature, max_tokens=args.output_len, seed=0)
     run(llm, prompts, free)  # warm-up at full size (kernels for every shape the runs meet)
     for name in args.schema:

@@ -123,8 +123,9 @@ def test_a_batch_of_one_grammar_gathers_its_rows_and_eos_may_be_any_bit_of_a_wor
 
 def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would():
     """DeviceGrammarProcessor (states in a tensor, walked after sampling) against one host DFAMatcher per request:
-    rows that change from step to step, a request with two rows (a proposal's), EOS where the grammar can end,
-    a request that leaves and an id that comes back, and more requests than its first state slots."""
+    two grammars in one batch, rows that change from step to step, a request with two rows (a proposal's), EOS
+    where the grammar can end, a request that leaves and an id that comes back, and more requests than its first
+    state slots."""
     import random
 
     from pegboard.core.device_grammar_processor import DeviceGrammarProcessor
@@ -135,22 +136,26 @@ def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would(
     from pegboard.plugins.structured_outputs.vocabulary import Vocabulary, _trie, mask_table
 
     pieces = [b"", b"", b""] + [bytes([c]) for c in b"ab,;"] + [b"ab", b"ba", b"a,", b";;"] + [b""] * (VOCAB - 11)
-    dfa = compile_dfa(parse_regex("((a|b){1,4}[,;])*"))
     vocabulary = Vocabulary(tuple(pieces), *_trie(pieces))
-    compiled = CompiledGrammar(dfa, vocabulary, torch.from_numpy(mask_table(dfa, vocabulary)),
-                               dfa.transitions.tolist(), dfa.accepting.tolist())
+    compiled = {}
+    for name, regex in (("list", "((a|b){1,4}[,;])*"), ("pairs", "(ab|ba)+;?")):
+        dfa = compile_dfa(parse_regex(regex))
+        compiled[name] = CompiledGrammar(dfa, vocabulary, torch.from_numpy(mask_table(dfa, vocabulary)),
+                                         dfa.transitions.tolist(), dfa.accepting.tolist())
 
     class Compiles(Grammars):
         def compile(self, spec, *, vocab_size, tokenizer=None):
-            return DFAMatcher(compiled)
+            return DFAMatcher(compiled[spec["grammar"]])
 
     processor = DeviceGrammarProcessor(Compiles([]), vocab_size=VOCAB, device="cpu", eos_token_id=lambda rid: EOS,
                                        walk=dfa_walk_ref)
-    guided = SamplingParams(extra={"grammar": {"kind": "fake", "spec": {}}})
+    def guided(rid: str) -> SamplingParams:  # odd-numbered requests follow the second grammar
+        spec = {"grammar": "pairs" if int(rid[1:]) % 2 else "list"}
+        return SamplingParams(extra={"grammar": {"kind": "fake", "spec": spec}})
     reference: dict[str, DFAMatcher] = {}
     rng = random.Random(0)
     for i in range(300):  # more than the 256 slots it starts with
-        assert processor.add_request(f"w{i}", guided, [1])
+        assert processor.add_request(f"w{i}", guided(f"w{i}"), [1])
     for i in range(300):
         processor.remove_request(f"w{i}")
     for step in range(60):
@@ -160,8 +165,8 @@ def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would(
             del reference[gone]
         for rid in (f"r{i}" for i in range(6)):
             if rid not in reference:
-                assert processor.add_request(rid, guided, [1])
-                reference[rid] = DFAMatcher(compiled)
+                assert processor.add_request(rid, guided(rid), [1])
+                reference[rid] = DFAMatcher(compiled[guided(rid).extra["grammar"]["spec"]["grammar"]])
         order = [rid for rid in sorted(reference) if not (step % 5 == 4 and rid == "r2")]  # r2 sits out some steps
         rows = [rid for rid in order for _ in range(2 if rid == "r1" and step % 2 else 1)]  # r1: a proposal row
         logits = processor.apply(torch.zeros(len(rows), VOCAB), rows)

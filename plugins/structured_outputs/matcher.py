@@ -9,7 +9,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from pegboard.core.byte_dfa import ByteDFA
-
 from pegboard.plugins.structured_outputs.dfa import DEAD, DFA, START
 from pegboard.plugins.structured_outputs.vocabulary import Vocabulary
 

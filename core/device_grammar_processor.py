@@ -148,10 +148,13 @@ class DeviceGrammarProcessor:
             rows_t, slots_t, eos_t = host.to(self.device, non_blocking=True)
             states = self._states[slots_t]
             bitmask = on_device.masks[states.long()]
-            ends = on_device.accepting[states.long()] & (eos_t >= 0)
+            # EOS exactly where the state accepts (its bit cleared elsewhere, should the table allow its bytes)
+            ends = on_device.accepting[states.long()][:, None]
             words = (eos_t.clamp(min=0) // 32)[:, None]
-            bits = torch.where(ends, torch.bitwise_left_shift(torch.ones_like(eos_t), eos_t.clamp(min=0) % 32), 0)
-            bitmask.scatter_(1, words, bitmask.gather(1, words) | bits.to(torch.int32)[:, None])  # 1 << 31 wraps
+            bit = torch.where(eos_t >= 0, torch.bitwise_left_shift(torch.ones_like(eos_t), eos_t.clamp(min=0) % 32),
+                              0).to(torch.int32)[:, None]  # 1 << 31 wraps to the sign bit
+            word = bitmask.gather(1, words)
+            bitmask.scatter_(1, words, torch.where(ends, word | bit, word & ~bit))
             logits = apply_bitmask(logits, bitmask, rows_t)
             if len(firsts) == len(rows):  # one row per request (no proposals in the step)
                 self._pending.append(_Walk(rows_t, slots_t, states, eos_t, on_device))

@@ -113,8 +113,9 @@ class GrammarProcessor:
         if not guided:
             return logits
         vocab_size = logits.shape[1]
-        eos_rows: list[int] = []  # bitmask rows whose grammar can end now, and their EOS ids
+        eos_rows: list[int] = []  # bitmask rows with an EOS id, the id, and whether the grammar can end now
         eos_ids: list[int] = []
+        can_end: list[bool] = []
         pinned = logits.device.type == "cuda"  # built in pinned memory: uploaded without another host copy
         bitmask = torch.empty(len(guided), -(-vocab_size // 32), dtype=torch.int32, pin_memory=pinned)
         tables: dict[int, tuple[Any, list[int], list[int]]] = {}  # id(table) -> (table, bitmask rows, table rows)
@@ -129,16 +130,17 @@ class GrammarProcessor:
                 bitmask[i].zero_()
                 self._fill(bitmask[i], matcher)
             eos = self.eos_token_id(request_id)
-            if eos is not None and eos < vocab_size and matcher.is_finished():
+            if eos is not None and eos < vocab_size:
                 eos_rows.append(i)
                 eos_ids.append(eos)
+                can_end.append(matcher.is_finished())
         for table, at, states in tables.values():  # one gather per compiled grammar, not one copy per row
             if len(at) == len(guided):  # every row from one grammar (a batch of one schema): gathered in place
                 torch.index_select(table, 0, torch.tensor(states), out=bitmask)
             else:
                 bitmask[at] = table[states]
         if eos_rows:  # after the gathers, which overwrite whole rows
-            set_token_bits(bitmask, eos_rows, eos_ids)
+            set_token_bits(bitmask, eos_rows, eos_ids, can_end)
         rows = torch.tensor([row for row, _ in guided], dtype=torch.long, pin_memory=pinned)
         if pinned:
             bitmask, rows = bitmask.to(logits.device, non_blocking=True), rows.to(logits.device, non_blocking=True)
@@ -176,11 +178,17 @@ def pack_bits(allowed) -> "torch.Tensor":
     return (allowed.view(-1, 32).long() * weights).sum(-1).to(torch.int32)
 
 
-def set_token_bits(bitmask, rows: list[int], token_ids: list[int]) -> None:
-    """In place: allow token_ids[i] in bitmask row rows[i] (one op for all; bit 31 is the int32 sign bit)."""
+def set_token_bits(bitmask, rows: list[int], token_ids: list[int], allowed: list[bool] | None = None) -> None:
+    """In place: allow token_ids[i] in bitmask row rows[i], or forbid it where allowed[i] is False (one op for all;
+    bit 31 is the int32 sign bit). EOS goes through here: allowed exactly where the grammar can end, also when the
+    tokenizer gives it bytes that a grammar's table would allow (a vocabulary whose EOS is not a special token)."""
     import torch
 
     tokens = torch.tensor(token_ids)
     bits = torch.bitwise_left_shift(torch.ones_like(tokens), tokens % 32).to(torch.int32)  # 1 << 31 wraps to the sign
     at = (torch.tensor(rows), tokens // 32)
-    bitmask[at] |= bits
+    if allowed is None:
+        bitmask[at] |= bits
+    else:
+        words = bitmask[at]
+        bitmask[at] = torch.where(torch.tensor(allowed), words | bits, words & ~bits)

@@ -3,6 +3,7 @@ own bitmask row, a row of a table shared by one compiled grammar), with EOS allo
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pegboard.core.grammar_processor import GrammarProcessor, pack_bits
@@ -185,3 +186,35 @@ def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would(
             if reference[rid].state == 0:  # dead (nothing allowed any more): the request starts over
                 processor.remove_request(rid)
                 del reference[rid]
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["host", "device"])
+def test_eos_is_allowed_exactly_where_the_grammar_can_end_even_where_its_bytes_would_be(on_device):
+    """A vocabulary whose EOS is an ordinary token (here the byte "a"): the grammar "a;" allows "a" first, yet EOS
+    is forbidden until the grammar can end, and then allowed."""
+    from pegboard.core.device_grammar_processor import DeviceGrammarProcessor
+    from pegboard.plugins.structured_outputs.dfa import compile_dfa
+    from pegboard.plugins.structured_outputs.matcher import CompiledGrammar, DFAMatcher
+    from pegboard.plugins.structured_outputs.regex_parser import parse_regex
+    from pegboard.plugins.structured_outputs.vocabulary import Vocabulary, _trie, mask_table
+
+    pieces = [b"", b"", b"a", b"a", b";"] + [b""] * (VOCAB - 5)  # EOS (2) is the byte "a", as token 3 is
+    dfa = compile_dfa(parse_regex("a;"))
+    vocabulary = Vocabulary(tuple(pieces), *_trie(pieces))
+    compiled = CompiledGrammar(dfa, vocabulary, torch.from_numpy(mask_table(dfa, vocabulary)),
+                               dfa.transitions.tolist(), dfa.accepting.tolist())
+
+    class Compiles(Grammars):
+        def compile(self, spec, *, vocab_size, tokenizer=None):
+            return DFAMatcher(compiled)
+
+    kind = DeviceGrammarProcessor if on_device else GrammarProcessor
+    processor = kind(Compiles([]), vocab_size=VOCAB, device=torch.device("cpu"), eos_token_id=lambda rid: EOS)
+    assert processor.add_request("r", SamplingParams(extra={"grammar": {"kind": "fake", "spec": {}}}), [1])
+    for token, allowed in ((3, {3}), (4, {4}), (None, {EOS})):
+        logits = processor.apply(torch.zeros(1, VOCAB), ["r"])
+        assert set(torch.isfinite(logits[0]).nonzero()[:, 0].tolist()) == allowed
+        if token is not None and on_device:
+            processor.on_sampled(torch.tensor([token]))
+        elif token is not None:
+            processor.accept_tokens("r", [token])

@@ -171,7 +171,7 @@ def test_followed_on_the_device_guided_steps_never_wait_for_tokens_and_sample_wh
     params = guided("json_schema", SCHEMA, seed=3)
     host = texts(start_engine(tiny_chat_model, skip_tokenizer_init=False), ["a", "bc", "a"], params)
     monkeypatch.setattr("pegboard.core.model_runner.follows_grammars_on_device", lambda device: True)
-    engine = start_engine(tiny_chat_model, skip_tokenizer_init=False)
+    engine = start_engine(tiny_chat_model, skip_tokenizer_init=False, async_scheduling=True)
     runner = engine.executor.runner
     waited = []
     step = engine.step

@@ -1,6 +1,6 @@
 """Guided decoding followed on the device: for requests whose matcher is a ByteDFAMatcher (the built-in grammars),
 each request's DFA state lives in a device tensor. A step gathers its guided rows' masks from the grammar's mask
-table on the device, allows EOS where the state accepts, masks the logits in place, and after sampling walks each
+table on the device, allows EOS exactly where the state accepts, masks the logits in place, and after sampling walks each
 request's state by its new token (kernels/dfa_walk.py). No guided step waits for tokens on the host, so async
 scheduling runs ahead as it does for free requests. GrammarProcessor keeps the other matchers (the optional
 backends), which follow their tokens on the host.
@@ -13,15 +13,16 @@ from typing import Any, Callable, Sequence, cast
 
 import torch
 
-from pegboard.core.grammar_processor import apply_bitmask, compile_matcher
 from pegboard.core.byte_dfa import ByteDFA
+from pegboard.core.grammar_processor import apply_bitmask, compile_matcher
 from pegboard.core.interfaces import ByteDFAMatcher
 from pegboard.core.sampling_params import SamplingParams
 
 
 def follows_grammars_on_device(device: torch.device) -> bool:
     """Whether an engine on this device follows ByteDFA grammars on it: on CUDA, where the host may then run
-    ahead; on the CPU every op waits anyway and GrammarProcessor's host walk costs less."""
+    ahead of the device; a CPU runs every op as it is issued, so it has nothing to run ahead of (its engine keeps
+    GrammarProcessor's host walk, measured there)."""
     return device.type == "cuda"
 
 

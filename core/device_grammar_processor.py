@@ -15,7 +15,7 @@ import torch
 
 from pegboard.core.byte_dfa import ByteDFA
 from pegboard.core.grammar_processor import apply_bitmask, compile_matcher
-from pegboard.core.interfaces import ByteDFAMatcher
+from pegboard.core.interfaces import ByteDFAMatcher, GrammarMatcher
 from pegboard.core.sampling_params import SamplingParams
 
 
@@ -74,6 +74,7 @@ class DeviceGrammarProcessor:
         self._on_device: dict[int, tuple[ByteDFA, _OnDevice, int]] = {}  # id(ByteDFA) -> (it, on device, users)
         self._pending: list[_Walk] = []  # what apply() asked this step's sampling to walk
         self._starting: dict[int, int] = {}  # slot -> start state of requests added since the last step
+        self.declined: dict[str, GrammarMatcher] = {}  # matchers compiled here for the host to follow (taken at once)
 
     def holds(self, request_id: str) -> bool:
         return request_id in self._requests
@@ -86,8 +87,11 @@ class DeviceGrammarProcessor:
     def add_request(self, request_id: str, params: SamplingParams, prompt_token_ids: Sequence[int]) -> bool:
         matcher = compile_matcher(self.grammars, params, backend=self.backend, vocab_size=self.vocab_size,
                                   tokenizer=self._tokenizer)
-        if matcher is None or not (getattr(matcher, "supports_mask_table", False) and matcher.supports_byte_dfa):
-            return False  # no grammar, or one followed on the host (GrammarProcessor)
+        if matcher is None:
+            return False
+        if not (getattr(matcher, "supports_mask_table", False) and matcher.supports_byte_dfa):
+            self.declined[request_id] = matcher  # GrammarProcessor follows it on the host, without compiling again
+            return False
         matcher = cast(ByteDFAMatcher, matcher)
         dfa = matcher.byte_dfa()
         if not self._free_slots:

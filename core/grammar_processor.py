@@ -83,8 +83,10 @@ class GrammarProcessor:
     def add_request(self, request_id: str, params: SamplingParams, prompt_token_ids: Sequence[int]) -> bool:
         if self.defer_to is not None and self.defer_to.holds(request_id):
             return False
-        matcher = compile_matcher(self.grammars, params, backend=self.backend, vocab_size=self.vocab_size,
-                                  tokenizer=self._tokenizer)
+        matcher = None if self.defer_to is None else self.defer_to.declined.pop(request_id, None)
+        if matcher is None:
+            matcher = compile_matcher(self.grammars, params, backend=self.backend, vocab_size=self.vocab_size,
+                                      tokenizer=self._tokenizer)
         if matcher is None:
             return False
         self.matchers[request_id] = matcher

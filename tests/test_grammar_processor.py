@@ -3,6 +3,8 @@ own bitmask row, a row of a table shared by one compiled grammar), with EOS allo
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -218,3 +220,21 @@ def test_eos_is_allowed_exactly_where_the_grammar_can_end_even_where_its_bytes_w
             processor.on_sampled(torch.tensor([token]))
         elif token is not None:
             processor.accept_tokens("r", [token])
+
+
+def test_a_matcher_the_device_cannot_follow_is_compiled_once_and_followed_on_the_host():
+    """Beside a DeviceGrammarProcessor (as on CUDA), a matcher without a ByteDFA (an optional backend's) goes to the
+    host GrammarProcessor as compiled: the grammar compiles it once (its fake hands out each matcher only once)."""
+    from pegboard.core.device_grammar_processor import DeviceGrammarProcessor
+    from pegboard.core.logits_processors import LogitsProcessors
+
+    grammars = Grammars([ListMatcher([3, 4]), RowMatcher([7], finished=True)])
+    device = DeviceGrammarProcessor(grammars, vocab_size=VOCAB, device="cpu", eos_token_id=lambda rid: EOS)
+    host = GrammarProcessor(grammars, vocab_size=VOCAB, device=torch.device("cpu"), eos_token_id=lambda rid: EOS,
+                            defer_to=device)
+    processors = LogitsProcessors([device, host])
+    for rid in ("list", "row"):
+        processors.add_request(rid, SamplingParams(extra={"grammar": {"kind": "fake", "spec": {}}}), [1])
+    assert set(host.matchers) == {"list", "row"} and not device.holds("list") and not device.declined
+    logits = processors.apply(torch.zeros(2, VOCAB), [SimpleNamespace(request_id=rid) for rid in ("list", "row")])
+    assert [set(torch.isfinite(row).nonzero()[:, 0].tolist()) for row in logits] == [{3, 4}, {7, EOS}]

@@ -72,6 +72,8 @@ class DeviceGrammarProcessor:
         self._free_slots = list(range(255, -1, -1))
         self._requests: dict[str, tuple[int, ByteDFA, int]] = {}  # request id -> (slot, its ByteDFA, EOS id or -1)
         self._on_device: dict[int, tuple[ByteDFA, _OnDevice, int]] = {}  # id(ByteDFA) -> (it, on device, users)
+        # id(host token bytes) -> (them, their device copy, the lengths' device copy, grammars using them)
+        self._bytes_on_device: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = {}
         self._pending: list[_Walk] = []  # what apply() asked this step's sampling to walk
         self._starting: dict[int, int] = {}  # slot -> start state of requests added since the last step
         self.declined: dict[str, GrammarMatcher] = {}  # matchers compiled here for the host to follow (taken at once)
@@ -100,8 +102,7 @@ class DeviceGrammarProcessor:
         self._starting[slot] = matcher.state  # written on the device with the next step's (a write now would sync)
         held = self._on_device.get(id(dfa))
         if held is None:
-            held = (dfa, _OnDevice(*(t.to(self.device) for t in (dfa.masks, dfa.transitions, dfa.accepting,
-                                                                  dfa.token_bytes, dfa.token_lengths))), 0)
+            held = (dfa, self._copy_to_device(dfa), 0)
         self._on_device[id(dfa)] = (held[0], held[1], held[2] + 1)
         eos = self.eos_token_id(request_id)
         self._requests[request_id] = (slot, dfa, -1 if eos is None or eos >= self.vocab_size else eos)
@@ -116,8 +117,27 @@ class DeviceGrammarProcessor:
         held, on_device, users = self._on_device[id(dfa)]
         if users == 1:
             del self._on_device[id(dfa)]  # its device copy is freed with the last request that used it
+            self._release_bytes(dfa)
         else:
             self._on_device[id(dfa)] = (held, on_device, users - 1)
+
+    def _copy_to_device(self, dfa: ByteDFA) -> _OnDevice:
+        """The ByteDFA's tensors on the device; its tokens' bytes shared by every grammar of the same vocabulary
+        (the same host tensors: 4 MB for SmolLM2's, copied once, not once a schema)."""
+        shared = self._bytes_on_device.get(id(dfa.token_bytes))
+        if shared is None:
+            shared = (dfa.token_bytes, dfa.token_bytes.to(self.device), dfa.token_lengths.to(self.device), 0)
+        self._bytes_on_device[id(dfa.token_bytes)] = (*shared[:3], shared[3] + 1)
+        return _OnDevice(dfa.masks.to(self.device), dfa.transitions.to(self.device), dfa.accepting.to(self.device),
+                         shared[1], shared[2])
+
+    def _release_bytes(self, dfa: ByteDFA) -> None:
+        """One grammar fewer uses its vocabulary's bytes on the device (freed with the last)."""
+        host, token_bytes, token_lengths, users = self._bytes_on_device[id(dfa.token_bytes)]
+        if users == 1:
+            del self._bytes_on_device[id(dfa.token_bytes)]
+        else:
+            self._bytes_on_device[id(dfa.token_bytes)] = (host, token_bytes, token_lengths, users - 1)
 
     def _grow(self) -> None:
         """Twice the state slots (a batch holds more guided requests than ever before)."""

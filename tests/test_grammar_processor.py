@@ -188,6 +188,11 @@ def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would(
             if reference[rid].state == 0:  # dead (nothing allowed any more): the request starts over
                 processor.remove_request(rid)
                 del reference[rid]
+    copies = [on_device for _, on_device, _ in processor._on_device.values()]
+    assert len(copies) == 2 and copies[0].token_bytes is copies[1].token_bytes  # one vocabulary, one copy
+    for rid in list(reference):
+        processor.remove_request(rid)
+    assert not processor._on_device and not processor._bytes_on_device  # freed with their last request
 
 
 @pytest.mark.parametrize("on_device", [False, True], ids=["host", "device"])

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import pegboard  # noqa: F401  (first: it takes the source root off sys.path before transformers looks for `kernels`)
+
 # Test helper modules (tests/tiny_server.py) import by name, also when `pegboard` is an installed wheel
 # that holds no tests (CI).
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence, cast
 import torch
 
 from pegboard.core.byte_dfa import ByteDFA
-from pegboard.core.grammar_processor import apply_bitmask, compile_matcher
+from pegboard.core.grammar_processor import apply_bitmask, compile_matcher, set_eos_bits
 from pegboard.core.interfaces import ByteDFAMatcher, GrammarMatcher
 from pegboard.core.sampling_params import SamplingParams
 
@@ -173,13 +173,7 @@ class DeviceGrammarProcessor:
             rows_t, slots_t, eos_t = host.to(self.device, non_blocking=True)
             states = self._states[slots_t]
             bitmask = on_device.masks[states.long()]
-            # EOS exactly where the state accepts (its bit cleared elsewhere, should the table allow its bytes)
-            ends = on_device.accepting[states.long()][:, None]
-            words = (eos_t.clamp(min=0) // 32)[:, None]
-            bit = torch.where(eos_t >= 0, torch.bitwise_left_shift(torch.ones_like(eos_t), eos_t.clamp(min=0) % 32),
-                              0).to(torch.int32)[:, None]  # 1 << 31 wraps to the sign bit
-            word = bitmask.gather(1, words)
-            bitmask.scatter_(1, words, torch.where(ends, word | bit, word & ~bit))
+            set_eos_bits(bitmask, eos_t, on_device.accepting[states.long()])  # EOS exactly where the state accepts
             logits = apply_bitmask(logits, bitmask, rows_t)
             if len(firsts) == len(rows):  # one row per request (no proposals in the step)
                 self._pending.append(_Walk(rows_t, slots_t, states, eos_t, on_device))

@@ -115,8 +115,7 @@ class GrammarProcessor:
         if not guided:
             return logits
         vocab_size = logits.shape[1]
-        eos_rows: list[int] = []  # bitmask rows with an EOS id, the id, and whether the grammar can end now
-        eos_ids: list[int] = []
+        eos_ids: list[int] = []  # each bitmask row's EOS id (-1: none), and whether its grammar can end now
         can_end: list[bool] = []
         pinned = logits.device.type == "cuda"  # built in pinned memory: uploaded without another host copy
         bitmask = torch.empty(len(guided), -(-vocab_size // 32), dtype=torch.int32, pin_memory=pinned)
@@ -132,17 +131,14 @@ class GrammarProcessor:
                 bitmask[i].zero_()
                 self._fill(bitmask[i], matcher)
             eos = self.eos_token_id(request_id)
-            if eos is not None and eos < vocab_size:
-                eos_rows.append(i)
-                eos_ids.append(eos)
-                can_end.append(matcher.is_finished())
+            eos_ids.append(-1 if eos is None or eos >= vocab_size else eos)
+            can_end.append(matcher.is_finished())
         for table, at, states in tables.values():  # one gather per compiled grammar, not one copy per row
             if len(at) == len(guided):  # every row from one grammar (a batch of one schema): gathered in place
                 torch.index_select(table, 0, torch.tensor(states), out=bitmask)
             else:
                 bitmask[at] = table[states]
-        if eos_rows:  # after the gathers, which overwrite whole rows
-            set_token_bits(bitmask, eos_rows, eos_ids, can_end)
+        set_eos_bits(bitmask, torch.tensor(eos_ids), torch.tensor(can_end))  # after the gathers, which overwrite rows
         rows = torch.tensor([row for row, _ in guided], dtype=torch.long, pin_memory=pinned)
         if pinned:
             bitmask, rows = bitmask.to(logits.device, non_blocking=True), rows.to(logits.device, non_blocking=True)
@@ -180,17 +176,17 @@ def pack_bits(allowed) -> "torch.Tensor":
     return (allowed.view(-1, 32).long() * weights).sum(-1).to(torch.int32)
 
 
-def set_token_bits(bitmask, rows: list[int], token_ids: list[int], allowed: list[bool] | None = None) -> None:
-    """In place: allow token_ids[i] in bitmask row rows[i], or forbid it where allowed[i] is False (one op for all;
-    bit 31 is the int32 sign bit). EOS goes through here: allowed exactly where the grammar can end, also when the
-    tokenizer gives it bytes that a grammar's table would allow (a vocabulary whose EOS is not a special token)."""
+def set_eos_bits(bitmask, eos_ids, can_end) -> None:
+    """In place: allow token eos_ids[i] in bitmask row i where can_end[i], forbid it elsewhere; -1 is no EOS.
+
+    Tensors on the bitmask's device, one op for all rows; bit 31 is the int32 sign bit. Both grammar processors
+    set EOS here: allowed exactly where the grammar can end, also when the tokenizer gives it bytes that a grammar's
+    table would allow (a vocabulary whose EOS is not a special token).
+    """
     import torch
 
-    tokens = torch.tensor(token_ids)
-    bits = torch.bitwise_left_shift(torch.ones_like(tokens), tokens % 32).to(torch.int32)  # 1 << 31 wraps to the sign
-    at = (torch.tensor(rows), tokens // 32)
-    if allowed is None:
-        bitmask[at] |= bits
-    else:
-        words = bitmask[at]
-        bitmask[at] = torch.where(torch.tensor(allowed), words | bits, words & ~bits)
+    ids = eos_ids.clamp(min=0)
+    bits = torch.where(eos_ids >= 0, torch.bitwise_left_shift(torch.ones_like(ids), ids % 32), 0).to(torch.int32)
+    words = (ids // 32)[:, None]  # 1 << 31 wraps to the sign bit above; a row without EOS gets bit 0: unchanged
+    word = bitmask.gather(1, words)
+    bitmask.scatter_(1, words, torch.where(can_end[:, None], word | bits[:, None], word & ~bits[:, None]))

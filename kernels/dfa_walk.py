@@ -33,9 +33,9 @@ def dfa_walk(states: torch.Tensor, token_ids: torch.Tensor, eos_ids: torch.Tenso
              token_lengths: torch.Tensor, transitions: torch.Tensor, accepting: torch.Tensor) -> torch.Tensor:
     """The states after each row's token (as dfa_walk_ref), in one launch."""
     # states: [R] int32; token_ids, eos_ids: [R] int64; token_bytes: [V, L] uint8 (contiguous); token_lengths: [V]
-    # int32; transitions: [S, 256] int32 (contiguous); accepting: [S] bool
+    # int32; transitions: [S, 256] int32 (contiguous); accepting: [S] bool (read as int8, no copy)
     out = torch.empty_like(states)
     if states.numel():
         _dfa_walk_kernel[(states.numel(),)](states, token_ids, eos_ids, token_bytes, token_lengths, transitions,
-                                            accepting.to(torch.int8), out, token_bytes.stride(0), num_warps=1)
+                                            accepting.view(torch.int8), out, token_bytes.stride(0), num_warps=1)
     return out

@@ -51,7 +51,7 @@ def test_no_rows_is_a_no_op():
 
 
 def test_the_grammar_processor_packs_what_the_kernel_unpacks():
-    from pegboard.core.grammar_processor import pack_bits, set_token_bits
+    from pegboard.core.grammar_processor import pack_bits, set_eos_bits
 
     allowed = torch.zeros(96, dtype=torch.bool)
     allowed[[0, 31, 32, 95]] = True
@@ -59,5 +59,9 @@ def test_the_grammar_processor_packs_what_the_kernel_unpacks():
     assert words.dtype == torch.int32 and unpack_token_bitmask(words[None], 96)[0].nonzero()[:, 0].tolist() == [
         0, 31, 32, 95]
     empty = torch.zeros(3, dtype=torch.int32)
-    set_token_bits(empty[None], [0], [95])  # token 95, the sign bit of its word
+    set_eos_bits(empty[None], torch.tensor([95]), torch.tensor([True]))  # token 95, the sign bit of its word
     assert unpack_token_bitmask(empty[None], 96)[0].nonzero()[:, 0].tolist() == [95]
+    set_eos_bits(empty[None], torch.tensor([-1]), torch.tensor([False]))  # no EOS: the row stays as it is
+    assert unpack_token_bitmask(empty[None], 96)[0].nonzero()[:, 0].tolist() == [95]
+    set_eos_bits(empty[None], torch.tensor([95]), torch.tensor([False]))  # the grammar cannot end: EOS forbidden
+    assert unpack_token_bitmask(empty[None], 96)[0].nonzero()[:, 0].tolist() == []

@@ -1,7 +1,7 @@
 """Guided decoding followed on the device: for requests whose matcher is a ByteDFAMatcher (the built-in grammars),
 each request's DFA state lives in a device tensor. A step gathers its guided rows' masks from the grammar's mask
-table on the device, allows EOS exactly where the state accepts, masks the logits in place, and after sampling walks each
-request's state by its new token (kernels/dfa_walk.py). No guided step waits for tokens on the host, so async
+table on the device, allows EOS exactly where the state accepts, masks the logits in place, and after sampling walks
+each request's state by its new token (kernels/dfa_walk.py). No guided step waits for tokens on the host, so async
 scheduling runs ahead as it does for free requests. GrammarProcessor keeps the other matchers (the optional
 backends), which follow their tokens on the host.
 """

@@ -191,7 +191,8 @@ def test_the_server_answers_500_and_goes_on_serving(tiny_llama_dir, exploding):
 
 
 def test_serve_exits_non_zero_after_a_device_failure(tiny_llama_dir, exploding, module_dir, free_port):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(module_dir.path), os.environ.get("PYTHONPATH", "")])}
+    pythonpath = os.pathsep.join(filter(None, [str(module_dir.path), os.environ.get("PYTHONPATH")]))  # no "" entry
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     url = f"http://127.0.0.1:{free_port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "pegboard.core.cli", "serve", str(tiny_llama_dir), "--load-format", "dummy",

@@ -97,6 +97,21 @@ def test_int8_and_int4_requantize_any_checkpoints_linear_layers_and_generate(tin
     assert len(out.token_ids) == 5
 
 
+def test_the_packed_lm_head_gives_a_row_the_same_logits_in_any_batch_size(tiny_llama_dir):
+    """The packed LM head takes every batch size (it outran the float32 head at all of 1-512 rows): a row's logits
+    are the same alone as in a batch of 100, over PACKED_MAX_ROWS, so a greedy token does not depend on how many
+    other requests share its step."""
+    from pegboard.core.cpu_weights import PACKED_MAX_ROWS
+
+    llm = LLM(str(tiny_llama_dir), load_format="dummy", skip_tokenizer_init=True, num_kv_blocks=32, device="cpu",
+              dtype="float32", cpu_weights="int8")
+    head = llm.engine.executor.runner.model.lm_head
+    hidden = torch.randn(100, head.weight.shape[1])
+    assert hidden.shape[0] > PACKED_MAX_ROWS
+    assert torch.equal(head(hidden)[:1], head(hidden[:1]))
+    torch.testing.assert_close(head(hidden), hidden @ head.weight.T, atol=0.05, rtol=0.05)  # near the float head
+
+
 def test_4_bit_requantization_is_within_half_a_step_of_each_weight():
     """quantize_rows_q4: each block of 32 in 15 steps from its minimum (Q4_1's format), every value rounded to the
     nearest step, and the integer kernel multiplies by exactly those values."""

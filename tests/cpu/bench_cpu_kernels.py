@@ -1,5 +1,6 @@
-"""The packed GGUF-block kernel (kernels/cpu_gguf_matmul.py) against float32 F.linear on SmolLM2's shapes, per
-row count: what sets ``PACKED_MAX_ROWS`` in core/cpu_weights.py.
+"""The packed GGUF-block kernel (kernels/cpu_gguf_matmul.py) against float32 F.linear, and against the bfloat16
+GEMM that larger batches take where the CPU multiplies bfloat16 natively (core/cpu_weights.py:
+prefill_gemm_dtype), on SmolLM2's shapes, per row count: what sets ``PACKED_MAX_ROWS`` in core/cpu_weights.py.
 
     python tests/cpu/bench_cpu_kernels.py [--rows 1 2 4 8 16 32 64] [--repeat 5] [--threads N]
 
@@ -55,6 +56,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from pegboard.core.cpu_weights import prefill_gemm_dtype
     from pegboard.kernels.cpu_gguf_matmul import Q4_1, Q8_0, dequantize_packed, packed_matmul
 
     if args.threads:
@@ -63,17 +65,20 @@ def main() -> None:
     floats = [dequantize_packed(w) for w in packed]
     head = random_packed(Q8_0, *HEAD)
     head_float = dequantize_packed(head)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| rows | layers fp32 ms | layers packed ms | head fp32 ms | head packed ms | load |")
-    print("|---|---|---|---|---|---|")
+    gemm_dtype = prefill_gemm_dtype()
+    copies = [w.to(gemm_dtype) for w in floats]  # the engine's prompt-GEMM copies (PackedCPUScheme.prefill_weight)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, prompt GEMMs in {gemm_dtype}")
+    print("| rows | layers fp32 ms | layers packed ms | layers prompt-GEMM ms | head fp32 ms | head packed ms | load |")
+    print("|---|---|---|---|---|---|---|")
     for m in args.rows:
         x = {k: torch.randn(m, k) for k in (576, 1536)}
         fp32 = best_ms([lambda w=w: F.linear(x[w.shape[1]], w) for w in floats], args.repeat)
         q4 = best_ms([lambda w=w: packed_matmul(x[w.shape[1]], w) for w in packed], args.repeat)
+        gemm = best_ms([lambda w=w: F.linear(x[w.shape[1]].to(gemm_dtype), w).float() for w in copies], args.repeat)
         hf = best_ms([lambda: F.linear(x[576], head_float)], args.repeat)
         hq = best_ms([lambda: packed_matmul(x[576], head)], args.repeat)
         load = open("/proc/loadavg").read().split()[0]
-        print(f"| {m} | {fp32:.2f} | {q4:.2f} | {hf:.2f} | {hq:.2f} | {load} |", flush=True)
+        print(f"| {m} | {fp32:.2f} | {q4:.2f} | {gemm:.2f} | {hf:.2f} | {hq:.2f} | {load} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,15 @@ import sys
 from typing import TYPE_CHECKING
 
 
-def _leave_source_root_off_sys_path() -> None:
-    """Take this source tree's own folder off sys.path (``python -m pytest`` run in it puts it there)."""
+def _leave_off_sys_path(source_root: str) -> None:
+    """Take a Pegboard source tree's own folder off sys.path (``python -m ...`` run in it puts it there)."""
     # There `core`, `server` and `kernels` would be top-level names, and `kernels` would shadow PyPI's `kernels`,
     # which transformers (>= 5.25) requires and imports.
-    root = os.path.realpath(os.path.dirname(__file__))
+    root = os.path.realpath(source_root)
     sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or os.curdir) != root]
 
 
-_leave_source_root_off_sys_path()
+_leave_off_sys_path(os.path.dirname(__file__))  # this package's own tree, where it is imported from one
 
 from pegboard.core.sampling_params import SamplingParams
 from pegboard.core.structured_outputs_params import StructuredOutputsParams

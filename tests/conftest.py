@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-import pegboard  # noqa: F401  (first: it takes its own source root off sys.path, see pegboard/__init__.py)
+import pegboard
 
 # This checkout's root is the package itself: on sys.path (`python -m pytest` run in it puts it there, also when the
 # tests run against an installed wheel, as in CI) its `kernels` would shadow PyPI's, which transformers imports.
 # So neither this process nor the Pythons the tests start (`python -m pegboard.core.cli serve`) put it there.
-_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [entry for entry in sys.path if Path(entry or os.curdir).resolve() != _ROOT]
+pegboard._leave_off_sys_path(str(Path(__file__).resolve().parents[1]))
 os.environ["PYTHONSAFEPATH"] = "1"  # Python >= 3.11: no script folder or working directory first on sys.path
 
 # Test helper modules (tests/tiny_server.py) import by name, also when `pegboard` is an installed wheel

@@ -1,3 +1,4 @@
+"""How many rows each step of head96.py's workload sends through the LM head (row count: steps)."""
 import random, collections
 from pegboard import LLM, SamplingParams
 llm = LLM("smollm2", dtype="float32", device="cpu", max_num_seqs=128, disable_progress_bar=True)

@@ -1,6 +1,6 @@
-"""Profile bench throughput's mixed workload on the packed CPU path: op table and step-kind times."""
-import sys, time, collections
-import torch
+"""bench throughput's mixed workload on the packed CPU path: one plain run, then one under torch's profiler (op table)
+or cProfile (function table).    python prof13.py [NUM_PROMPTS] [torch|cprofile]"""
+import sys, time
 from pegboard import LLM, SamplingParams
 from pegboard.plugins.bench.data import mixed_requests, ordinary_token_ids, tokenizer_special_ids
 

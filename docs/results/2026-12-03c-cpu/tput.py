@@ -1,3 +1,4 @@
+"""bench throughput's mixed workload, one run in this process: output tok/s and which pegboard tree ran it."""
 import time
 from pegboard import LLM, SamplingParams
 from pegboard.plugins.bench.data import mixed_requests, ordinary_token_ids, tokenizer_special_ids

@@ -1,14 +1,15 @@
 """Guided decoding followed on the device: for requests whose matcher is a ByteDFAMatcher (the built-in grammars),
 each request's DFA state lives in a device tensor. A step gathers its guided rows' masks from the grammar's mask
-table on the device, allows EOS exactly where the state accepts, masks the logits in place, and after sampling walks
-each request's state by its new token (kernels/dfa_walk.py). No guided step waits for tokens on the host, so async
-scheduling runs ahead as it does for free requests. GrammarProcessor keeps the other matchers (the optional
-backends), which follow their tokens on the host.
+table on the device (EOS's bit set once per table, exactly in the accepting states), masks the logits in place, and
+after sampling walks each request's state by its new token (kernels/dfa_walk.py). No guided step waits for tokens on
+the host, so async scheduling runs ahead as it does for free requests; a step whose rows are the last step's reuses
+its row tensors, so its host cost does not grow with the rows. GrammarProcessor keeps the other matchers (the
+optional backends), which follow their tokens on the host.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, cast
 
 import torch
@@ -28,24 +29,36 @@ def follows_grammars_on_device(device: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class _OnDevice:
-    """One ByteDFA's tensors on the device."""
+    """One ByteDFA's tensors on the device; its mask tables made on first use, one per EOS id (see _table)."""
 
-    masks: torch.Tensor
+    host_masks: torch.Tensor
     transitions: torch.Tensor
     accepting: torch.Tensor
     token_bytes: torch.Tensor
     token_lengths: torch.Tensor
+    tables: dict[int, torch.Tensor] = field(default_factory=dict)  # EOS id (-1: none) -> [S, W] int32 masks
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The rows of one step that one mask table serves (a grammar and an EOS id), as device tensors."""
+
+    table: torch.Tensor  # [S, W] int32: each state's allowed tokens, EOS allowed exactly where the state accepts
+    rows: torch.Tensor  # [G] int64 logits rows
+    slots: torch.Tensor  # [G] int64 state slots
+    firsts: torch.Tensor | None  # which of them are each request's first row; None: all (no proposals in the step)
+    walk_rows: torch.Tensor  # [R] int64: each request's first row (it carries the sampled token)
+    walk_slots: torch.Tensor  # [R] int64
+    eos_ids: torch.Tensor  # [R] int64, -1 for none
+    dfa: _OnDevice
 
 
 @dataclass(frozen=True)
 class _Walk:
-    """What the step's sampling must walk: each guided request's first row, state slot, state and EOS id."""
+    """What the step's sampling must walk: a group's requests and their states before the step."""
 
-    rows: torch.Tensor  # [R] int64 sample rows
-    slots: torch.Tensor  # [R] int64
+    group: _Group
     states: torch.Tensor  # [R] int32
-    eos_ids: torch.Tensor  # [R] int64, -1 for none
-    dfa: _OnDevice
 
 
 class DeviceGrammarProcessor:
@@ -77,6 +90,7 @@ class DeviceGrammarProcessor:
         self._pending: list[_Walk] = []  # what apply() asked this step's sampling to walk
         self._starting: dict[int, int] = {}  # slot -> start state of requests added since the last step
         self.declined: dict[str, GrammarMatcher] = {}  # matchers compiled here for the host to follow (taken at once)
+        self._plan: tuple[list[str], list[_Group]] = ([], [])  # the last step's rows and groups, reused while they hold
 
     def holds(self, request_id: str) -> bool:
         return request_id in self._requests
@@ -106,6 +120,7 @@ class DeviceGrammarProcessor:
         self._on_device[id(dfa)] = (held[0], held[1], held[2] + 1)
         eos = self.eos_token_id(request_id)
         self._requests[request_id] = (slot, dfa, -1 if eos is None or eos >= self.vocab_size else eos)
+        self._plan = ([], [])  # a request came: the next step's groups are new
         return True
 
     def accept_tokens(self, request_id: str, token_ids: Sequence[int]) -> None:
@@ -114,6 +129,7 @@ class DeviceGrammarProcessor:
     def remove_request(self, request_id: str) -> None:
         slot, dfa, _ = self._requests.pop(request_id)
         self._free_slots.append(slot)
+        self._plan = ([], [])  # a request went (and the plan no longer holds its grammar's tables)
         held, on_device, users = self._on_device[id(dfa)]
         if users == 1:
             del self._on_device[id(dfa)]  # its device copy is freed with the last request that used it
@@ -128,8 +144,19 @@ class DeviceGrammarProcessor:
         if shared is None:
             shared = (dfa.token_bytes, dfa.token_bytes.to(self.device), dfa.token_lengths.to(self.device), 0)
         self._bytes_on_device[id(dfa.token_bytes)] = (*shared[:3], shared[3] + 1)
-        return _OnDevice(dfa.masks.to(self.device), dfa.transitions.to(self.device), dfa.accepting.to(self.device),
-                         shared[1], shared[2])
+        return _OnDevice(dfa.masks, dfa.transitions.to(self.device), dfa.accepting.to(self.device), shared[1],
+                         shared[2])
+
+    def _table(self, on_device: _OnDevice, eos: int) -> torch.Tensor:
+        """The grammar's mask table for requests whose EOS id is ``eos``, with EOS allowed exactly in the accepting
+        states: set once per table here, not in every step's rows (-1: no EOS, the table as compiled)."""
+        table = on_device.tables.get(eos)
+        if table is None:
+            table = on_device.host_masks.to(self.device)
+            if eos >= 0:
+                set_eos_bits(table, torch.full((table.shape[0],), eos, device=self.device), on_device.accepting)
+            on_device.tables[eos] = table
+        return table
 
     def _release_bytes(self, dfa: ByteDFA) -> None:
         """One grammar fewer uses its vocabulary's bytes on the device (freed with the last)."""
@@ -147,45 +174,57 @@ class DeviceGrammarProcessor:
 
     def apply(self, logits: torch.Tensor, request_ids: Sequence[str]) -> torch.Tensor:
         """Mask every guided row to what its state allows (EOS where it accepts); remember what to walk."""
-        groups: dict[int, tuple[list[int], list[int], list[int], list[int]]] = {}  # rows, slots, first rows, EOS
-        seen: set[str] = set()
-        for row, request_id in enumerate(request_ids):
-            held = self._requests.get(request_id)
-            if held is None:
-                continue
-            slot, dfa, eos = held
-            rows, slots, firsts, eos_ids = groups.setdefault(id(dfa), ([], [], [], []))
-            rows.append(row)
-            slots.append(slot)
-            if request_id not in seen:  # a request's first row carries its sampled token (proposals are not kept)
-                seen.add(request_id)
-                firsts.append(len(rows) - 1)
-            eos_ids.append(eos)
         pinned = self.device.type == "cuda"
         if self._starting:  # new requests' start states, in one upload
             start = torch.tensor([list(self._starting), list(self._starting.values())], dtype=torch.long,
                                  pin_memory=pinned).to(self.device, non_blocking=True)
             self._states[start[0]] = start[1].to(torch.int32)
             self._starting.clear()
-        for key, (rows, slots, firsts, eos_ids) in groups.items():
+        last_ids, groups = self._plan
+        if last_ids != list(request_ids):  # unless the rows are the last step's and no request came or went
+            groups = self._groups(request_ids, pinned)
+            self._plan = (list(request_ids), groups)
+        for group in groups:
+            states = self._states[group.slots]
+            logits = apply_bitmask(logits, group.table.index_select(0, states), group.rows)
+            self._pending.append(_Walk(group, states if group.firsts is None else states[group.firsts]))
+        return logits
+
+    def _groups(self, request_ids: Sequence[str], pinned: bool) -> list[_Group]:
+        """The step's guided rows by mask table, uploaded in one copy per table."""
+        by_table: dict[tuple[int, int], tuple[list[int], list[int], list[int]]] = {}  # rows, slots, first rows
+        seen: set[str] = set()
+        for row, request_id in enumerate(request_ids):
+            held = self._requests.get(request_id)
+            if held is None:
+                continue
+            slot, dfa, eos = held
+            rows, slots, firsts = by_table.setdefault((id(dfa), eos), ([], [], []))
+            if request_id not in seen:  # a request's first row carries its sampled token (proposals are not kept)
+                seen.add(request_id)
+                firsts.append(len(rows))
+            rows.append(row)
+            slots.append(slot)
+        groups = []
+        for (key, eos), (rows, slots, firsts) in by_table.items():
             on_device = self._on_device[key][1]
-            host = torch.tensor([rows, slots, eos_ids], dtype=torch.long, pin_memory=pinned)
-            rows_t, slots_t, eos_t = host.to(self.device, non_blocking=True)
-            states = self._states[slots_t]
-            bitmask = on_device.masks[states.long()]
-            set_eos_bits(bitmask, eos_t, on_device.accepting[states.long()])  # EOS exactly where the state accepts
-            logits = apply_bitmask(logits, bitmask, rows_t)
+            host = torch.tensor([rows, slots], dtype=torch.long, pin_memory=pinned)
+            rows_t, slots_t = host.to(self.device, non_blocking=True)
+            eos_t = torch.full((len(firsts),), eos, dtype=torch.long, device=self.device)
             if len(firsts) == len(rows):  # one row per request (no proposals in the step)
-                self._pending.append(_Walk(rows_t, slots_t, states, eos_t, on_device))
+                groups.append(_Group(self._table(on_device, eos), rows_t, slots_t, None, rows_t, slots_t, eos_t,
+                                     on_device))
             else:
                 first = torch.tensor(firsts, dtype=torch.long).to(self.device, non_blocking=True)
-                self._pending.append(_Walk(rows_t[first], slots_t[first], states[first], eos_t[first], on_device))
-        return logits
+                groups.append(_Group(self._table(on_device, eos), rows_t, slots_t, first, rows_t[first],
+                                     slots_t[first], eos_t, on_device))
+        return groups
 
     def on_sampled(self, token_ids: torch.Tensor) -> None:
         """Walk each guided request's state by the token sampled in its first row (``token_ids``: [N] rows)."""
         for walk in self._pending:
-            d = walk.dfa
-            self._states[walk.slots] = self._walk_states(walk.states, token_ids[walk.rows], walk.eos_ids,
-                                                         d.token_bytes, d.token_lengths, d.transitions, d.accepting)
+            group, d = walk.group, walk.group.dfa
+            self._states[group.walk_slots] = self._walk_states(walk.states, token_ids[group.walk_rows], group.eos_ids,
+                                                               d.token_bytes, d.token_lengths, d.transitions,
+                                                               d.accepting)
         self._pending.clear()

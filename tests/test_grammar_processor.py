@@ -14,6 +14,22 @@ from pegboard.core.sampling_params import SamplingParams
 VOCAB, EOS = 70, 2
 
 
+def compiled_regexes(pieces: list[bytes], regexes: dict[str, str]) -> dict:
+    """{name: CompiledGrammar} of each regex over a vocabulary whose token i is pieces[i] (the built-in backend's)."""
+    from pegboard.plugins.structured_outputs.dfa import compile_dfa
+    from pegboard.plugins.structured_outputs.matcher import CompiledGrammar
+    from pegboard.plugins.structured_outputs.regex_parser import parse_regex
+    from pegboard.plugins.structured_outputs.vocabulary import Vocabulary, _trie, mask_table
+
+    vocabulary = Vocabulary(tuple(pieces), *_trie(pieces))
+    compiled = {}
+    for name, regex in regexes.items():
+        dfa = compile_dfa(parse_regex(regex))
+        compiled[name] = CompiledGrammar(dfa, vocabulary, torch.from_numpy(mask_table(dfa, vocabulary)),
+                                         dfa.transitions.tolist(), dfa.accepting.tolist())
+    return compiled
+
+
 class ListMatcher:
     """Allows a fixed token list."""
 
@@ -126,25 +142,17 @@ def test_a_batch_of_one_grammar_gathers_its_rows_and_eos_may_be_any_bit_of_a_wor
 
 def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would():
     """DeviceGrammarProcessor (states in a tensor, walked after sampling) against one host DFAMatcher per request:
-    two grammars in one batch, rows that change from step to step, a request with two rows (a proposal's), EOS
-    where the grammar can end, a request that leaves and an id that comes back, and more requests than its first
-    state slots."""
+    two grammars in one batch, rows that change from step to step and rows that stay (the last step's groups are
+    reused), a request with two rows (a proposal's), EOS where the grammar can end, a request that leaves and an id
+    that comes back, and more requests than its first state slots."""
     import random
 
     from pegboard.core.device_grammar_processor import DeviceGrammarProcessor
     from pegboard.kernels.reference import dfa_walk_ref
-    from pegboard.plugins.structured_outputs.dfa import compile_dfa
-    from pegboard.plugins.structured_outputs.matcher import CompiledGrammar, DFAMatcher
-    from pegboard.plugins.structured_outputs.regex_parser import parse_regex
-    from pegboard.plugins.structured_outputs.vocabulary import Vocabulary, _trie, mask_table
+    from pegboard.plugins.structured_outputs.matcher import DFAMatcher
 
     pieces = [b"", b"", b""] + [bytes([c]) for c in b"ab,;"] + [b"ab", b"ba", b"a,", b";;"] + [b""] * (VOCAB - 11)
-    vocabulary = Vocabulary(tuple(pieces), *_trie(pieces))
-    compiled = {}
-    for name, regex in (("list", "((a|b){1,4}[,;])*"), ("pairs", "(ab|ba)+;?")):
-        dfa = compile_dfa(parse_regex(regex))
-        compiled[name] = CompiledGrammar(dfa, vocabulary, torch.from_numpy(mask_table(dfa, vocabulary)),
-                                         dfa.transitions.tolist(), dfa.accepting.tolist())
+    compiled = compiled_regexes(pieces, {"list": "((a|b){1,4}[,;])*", "pairs": "(ab|ba)+;?"})
 
     class Compiles(Grammars):
         def compile(self, spec, *, vocab_size, tokenizer=None):
@@ -161,7 +169,9 @@ def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would(
         assert processor.add_request(f"w{i}", guided(f"w{i}"), [1])
     for i in range(300):
         processor.remove_request(f"w{i}")
+    reused = 0
     for step in range(60):
+        last_groups = processor._plan[1]
         if step % 7 == 3:
             gone = rng.choice(sorted(reference))
             processor.remove_request(gone)
@@ -171,8 +181,9 @@ def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would(
                 assert processor.add_request(rid, guided(rid), [1])
                 reference[rid] = DFAMatcher(compiled[guided(rid).extra["grammar"]["spec"]["grammar"]])
         order = [rid for rid in sorted(reference) if not (step % 5 == 4 and rid == "r2")]  # r2 sits out some steps
-        rows = [rid for rid in order for _ in range(2 if rid == "r1" and step % 2 else 1)]  # r1: a proposal row
+        rows = [rid for rid in order for _ in range(2 if rid == "r1" and step % 6 == 1 else 1)]  # r1: a proposal row
         logits = processor.apply(torch.zeros(len(rows), VOCAB), rows)
+        reused += processor._plan[1] is last_groups
         sampled = []
         for row, rid in enumerate(rows):
             allowed = set(torch.isfinite(logits[row]).nonzero()[:, 0].tolist())
@@ -188,6 +199,7 @@ def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would(
             if reference[rid].state == 0:  # dead (nothing allowed any more): the request starts over
                 processor.remove_request(rid)
                 del reference[rid]
+    assert reused >= 10  # steps whose rows were the last step's, with no request come or gone
     copies = [on_device for _, on_device, _ in processor._on_device.values()]
     assert len(copies) == 2 and copies[0].token_bytes is copies[1].token_bytes  # one vocabulary, one copy
     for rid in list(reference):
@@ -195,21 +207,44 @@ def test_on_the_device_each_request_follows_its_grammar_as_a_host_matcher_would(
     assert not processor._on_device and not processor._bytes_on_device  # freed with their last request
 
 
+def test_on_the_device_an_id_that_comes_back_with_another_grammar_follows_the_new_one():
+    """The same rows as the last step, but the request behind an id left and came back with another grammar: the
+    step's masks are the new grammar's, not the last step's groups reused."""
+    from pegboard.core.device_grammar_processor import DeviceGrammarProcessor
+    from pegboard.plugins.structured_outputs.matcher import DFAMatcher
+
+    pieces = [b"", b"", b"", b"a", b"b", b";"] + [b""] * (VOCAB - 6)
+    compiled = compiled_regexes(pieces, {"ab;": "ab;", "b;": "b;"})
+
+    class Compiles(Grammars):
+        def compile(self, spec, *, vocab_size, tokenizer=None):
+            return DFAMatcher(compiled[spec["regex"]])
+
+    def allowed(processor) -> set[int]:
+        logits = processor.apply(torch.zeros(1, VOCAB), ["r"])
+        return set(torch.isfinite(logits[0]).nonzero()[:, 0].tolist())
+
+    processor = DeviceGrammarProcessor(Compiles([]), vocab_size=VOCAB, device="cpu", eos_token_id=lambda rid: EOS)
+    regex = lambda r: SamplingParams(extra={"grammar": {"kind": "fake", "spec": {"regex": r}}})  # noqa: E731
+    assert processor.add_request("r", regex("ab;"), [1])
+    assert allowed(processor) == {3}
+    processor.on_sampled(torch.tensor([3]))
+    assert allowed(processor) == {4}
+    processor.on_sampled(torch.tensor([4]))
+    processor.remove_request("r")
+    assert processor.add_request("r", regex("b;"), [1])
+    assert allowed(processor) == {4}
+
+
 @pytest.mark.parametrize("on_device", [False, True], ids=["host", "device"])
 def test_eos_is_allowed_exactly_where_the_grammar_can_end_even_where_its_bytes_would_be(on_device):
     """A vocabulary whose EOS is an ordinary token (here the byte "a"): the grammar "a;" allows "a" first, yet EOS
     is forbidden until the grammar can end, and then allowed."""
     from pegboard.core.device_grammar_processor import DeviceGrammarProcessor
-    from pegboard.plugins.structured_outputs.dfa import compile_dfa
-    from pegboard.plugins.structured_outputs.matcher import CompiledGrammar, DFAMatcher
-    from pegboard.plugins.structured_outputs.regex_parser import parse_regex
-    from pegboard.plugins.structured_outputs.vocabulary import Vocabulary, _trie, mask_table
+    from pegboard.plugins.structured_outputs.matcher import DFAMatcher
 
     pieces = [b"", b"", b"a", b"a", b";"] + [b""] * (VOCAB - 5)  # EOS (2) is the byte "a", as token 3 is
-    dfa = compile_dfa(parse_regex("a;"))
-    vocabulary = Vocabulary(tuple(pieces), *_trie(pieces))
-    compiled = CompiledGrammar(dfa, vocabulary, torch.from_numpy(mask_table(dfa, vocabulary)),
-                               dfa.transitions.tolist(), dfa.accepting.tolist())
+    compiled = compiled_regexes(pieces, {"a;": "a;"})["a;"]
 
     class Compiles(Grammars):
         def compile(self, spec, *, vocab_size, tokenizer=None):

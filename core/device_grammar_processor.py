@@ -31,7 +31,6 @@ def follows_grammars_on_device(device: torch.device) -> bool:
 class _OnDevice:
     """One ByteDFA's tensors on the device; its mask tables made on first use, one per EOS id (see _table)."""
 
-    host_masks: torch.Tensor
     transitions: torch.Tensor
     accepting: torch.Tensor
     token_bytes: torch.Tensor
@@ -144,15 +143,14 @@ class DeviceGrammarProcessor:
         if shared is None:
             shared = (dfa.token_bytes, dfa.token_bytes.to(self.device), dfa.token_lengths.to(self.device), 0)
         self._bytes_on_device[id(dfa.token_bytes)] = (*shared[:3], shared[3] + 1)
-        return _OnDevice(dfa.masks, dfa.transitions.to(self.device), dfa.accepting.to(self.device), shared[1],
-                         shared[2])
+        return _OnDevice(dfa.transitions.to(self.device), dfa.accepting.to(self.device), shared[1], shared[2])
 
-    def _table(self, on_device: _OnDevice, eos: int) -> torch.Tensor:
+    def _table(self, dfa: ByteDFA, on_device: _OnDevice, eos: int) -> torch.Tensor:
         """The grammar's mask table for requests whose EOS id is ``eos``, with EOS allowed exactly in the accepting
         states: set once per table here, not in every step's rows (-1: no EOS, the table as compiled)."""
         table = on_device.tables.get(eos)
         if table is None:
-            table = on_device.host_masks.to(self.device)
+            table = dfa.masks.to(self.device)
             if eos >= 0:
                 set_eos_bits(table, torch.full((table.shape[0],), eos, device=self.device), on_device.accepting)
             on_device.tables[eos] = table
@@ -180,10 +178,11 @@ class DeviceGrammarProcessor:
                                  pin_memory=pinned).to(self.device, non_blocking=True)
             self._states[start[0]] = start[1].to(torch.int32)
             self._starting.clear()
+        ids = list(request_ids)
         last_ids, groups = self._plan
-        if last_ids != list(request_ids):  # unless the rows are the last step's and no request came or went
-            groups = self._groups(request_ids, pinned)
-            self._plan = (list(request_ids), groups)
+        if last_ids != ids:  # unless the rows are the last step's and no request came or went
+            groups = self._groups(ids, pinned)
+            self._plan = (ids, groups)
         for group in groups:
             states = self._states[group.slots]
             logits = apply_bitmask(logits, group.table.index_select(0, states), group.rows)
@@ -207,17 +206,17 @@ class DeviceGrammarProcessor:
             slots.append(slot)
         groups = []
         for (key, eos), (rows, slots, firsts) in by_table.items():
-            on_device = self._on_device[key][1]
+            dfa, on_device, _ = self._on_device[key]
+            table = self._table(dfa, on_device, eos)
             host = torch.tensor([rows, slots], dtype=torch.long, pin_memory=pinned)
             rows_t, slots_t = host.to(self.device, non_blocking=True)
             eos_t = torch.full((len(firsts),), eos, dtype=torch.long, device=self.device)
             if len(firsts) == len(rows):  # one row per request (no proposals in the step)
-                groups.append(_Group(self._table(on_device, eos), rows_t, slots_t, None, rows_t, slots_t, eos_t,
-                                     on_device))
+                groups.append(_Group(table, rows_t, slots_t, None, rows_t, slots_t, eos_t, on_device))
             else:
                 first = torch.tensor(firsts, dtype=torch.long).to(self.device, non_blocking=True)
-                groups.append(_Group(self._table(on_device, eos), rows_t, slots_t, first, rows_t[first],
-                                     slots_t[first], eos_t, on_device))
+                groups.append(_Group(table, rows_t, slots_t, first, rows_t[first], slots_t[first], eos_t,
+                                     on_device))
         return groups
 
     def on_sampled(self, token_ids: torch.Tensor) -> None:

@@ -93,14 +93,17 @@ inline void add_scaled(float* o, float w, const T* v, int64_t D) {
 
 // Rows are fetched this many positions ahead: a context's blocks lie anywhere in the cache, and a hardware
 // prefetcher stops at every block. 24 against 8: 64 x 1,024 float16 2.58-2.77 -> 2.10 ms a layer, 32 x 400 the same
-// (tests/cpu/bench_cpu_decode_attention.py, AMD EPYC, 2026-12-03).
+// (tests/cpu/bench_cpu_decode_attention.py, AMD EPYC, 2026-12-03). 48 and 96 were slower with the cache in memory.
 constexpr int64_t kAhead = 24;
 
+// Into L2 (T1), not L1, and the V rows during the scores' pass (below). With every layer's cache in memory, as in
+// the engine, the two took 8-64 rows 16-26% faster, bit-equal (docs/results/2026-12-04b-cpu/decode_attention_ab.py,
+// AMD EPYC, 2026-12-04: 32 x 344 0.64 -> 0.51 ms a layer, 64 x 1,024 3.38 -> 2.69); T1 alone gave about half.
 template <typename T>
 inline void prefetch_row(const T* row, int64_t D) {
 #if defined(__AVX512F__)
   for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(T)); byte += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(row) + byte, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(row) + byte, _MM_HINT_T1);
 #endif
 }
 
@@ -130,7 +133,11 @@ void attend_pair_in_registers(const float* q0, const T* kp, const T* vp, const i
   for (; t + 4 <= L; t += 4) {  // four positions' scores at once: one reduction tree for their four sums
     __m512 acc[G][4];
     for (int j = 0; j < 4; ++j) {
-      if (t + j + kAhead < L) prefetch_row(kp + rows[t + j + kAhead], 16 * NC);
+      // the V row too, so the pass after the softmax reads it from L2
+      if (t + j + kAhead < L) {
+        prefetch_row(kp + rows[t + j + kAhead], 16 * NC);
+        prefetch_row(vp + rows[t + j + kAhead], 16 * NC);
+      }
       __m512 k[NC];
       for (int c = 0; c < NC; ++c) k[c] = load(kp + rows[t + j] + 16 * c, static_cast<__mmask16>(0xFFFF));
       for (int g = 0; g < G; ++g) {
@@ -212,7 +219,10 @@ void attend(const float* qp, const T* kp, const T* vp, float* op, const int32_t*
 #endif
       for (int64_t t = 0; t < L; ++t) {
         const T* k = kp + rows[t];
-        if (t + kAhead < L) prefetch_row(kp + rows[t + kAhead], D);
+        if (t + kAhead < L) {
+          prefetch_row(kp + rows[t + kAhead], D);
+          prefetch_row(vp + rows[t + kAhead], D);
+        }
         for (int64_t g = 0; g < G; ++g) p[g * L + t] = sc * dot(q0 + g * D, k, D);
       }
       for (int64_t g = 0; g < G; ++g) softmax(p.data() + g * L, L);

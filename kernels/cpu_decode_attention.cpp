@@ -99,6 +99,7 @@ constexpr int64_t kAhead = 24;
 // Into L2 (T1), not L1, and the V rows during the scores' pass (below). With every layer's cache in memory, as in
 // the engine, the two took 8-64 rows 16-26% faster, bit-equal (docs/results/2026-12-04b-cpu/decode_attention_ab.py,
 // AMD EPYC, 2026-12-04: 32 x 344 0.64 -> 0.51 ms a layer, 64 x 1,024 3.38 -> 2.69); T1 alone gave about half.
+// Each pair also fetches the next pair's first rows: 1-8% more at 8-64 rows (decode_attention_ab_next_pair.txt).
 template <typename T>
 inline void prefetch_row(const T* row, int64_t D) {
 #if defined(__AVX512F__)
@@ -209,6 +210,14 @@ void attend(const float* qp, const T* kp, const T* vp, float* op, const int32_t*
         for (int64_t slot = static_cast<int64_t>(tp[b * nb + j]) * block_size, last = slot + block_size;
              slot < last && t < L; ++slot, ++t)
           rows[t] = (slot * Hkv + kv) * D;
+      if (i + 1 < end) {  // the next pair's first rows, so its passes do not start on a miss
+        const int64_t next_b = (i + 1) / Hkv, next_kv = (i + 1) % Hkv, first = std::min<int64_t>(kAhead, lp[next_b]);
+        for (int64_t t = 0; t < first; ++t) {
+          const int64_t s = static_cast<int64_t>(tp[next_b * nb + t / block_size]) * block_size + t % block_size;
+          prefetch_row(kp + (s * Hkv + next_kv) * D, D);
+          prefetch_row(vp + (s * Hkv + next_kv) * D, D);
+        }
+      }
       const float* q0 = qp + (b * H + kv * G) * D;  // the group's query heads, consecutive
       float* o0 = op + (b * H + kv * G) * D;
 #if defined(__AVX512F__)

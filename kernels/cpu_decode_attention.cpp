@@ -99,7 +99,7 @@ constexpr int64_t kAhead = 24;
 // Into L2 (T1), not L1, and the V rows during the scores' pass (below). With every layer's cache in memory, as in
 // the engine, the two took 8-64 rows 16-26% faster, bit-equal (docs/results/2026-12-04b-cpu/decode_attention_ab.py,
 // AMD EPYC, 2026-12-04: 32 x 344 0.64 -> 0.51 ms a layer, 64 x 1,024 3.38 -> 2.69); T1 alone gave about half.
-// Each pair also fetches the next pair's first rows: 1-8% more at 8-64 rows (decode_attention_ab_next_pair.txt).
+// Each pair also fetches the next pair's first rows: 1-8% more at 8-64 rows (decode_attention_ab_next_pair.txt, there).
 template <typename T>
 inline void prefetch_row(const T* row, int64_t D) {
 #if defined(__AVX512F__)

@@ -50,7 +50,8 @@ def main() -> None:
             per_request = -(-context // BLOCK)
             cache_blocks = COLD_BLOCKS if args.cold else batch * per_request + 1
             layers = [(torch.randn(cache_blocks * BLOCK, KV_HEADS, HEAD_DIM),
-                       torch.randn(cache_blocks * BLOCK, KV_HEADS, HEAD_DIM)) for _ in range(COLD_LAYERS if args.cold else 1)]
+                       torch.randn(cache_blocks * BLOCK, KV_HEADS, HEAD_DIM))
+                      for _ in range(COLD_LAYERS if args.cold else 1)]
             halves = [(k.half(), v.half()) for k, v in layers]
             blocks = torch.randperm(cache_blocks)[: batch * per_request].view(batch, per_request)
             q = torch.randn(batch, HEADS, HEAD_DIM)
@@ -73,6 +74,7 @@ def main() -> None:
             sdpa = best_ms(gathered, args.repeat) / len(layers)
             load = open("/proc/loadavg").read().split()[0]
             print(f"| {batch} | {context} | {cpp:.3f} | {half:.3f} | {sdpa:.3f} | {load} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

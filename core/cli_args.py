@@ -92,7 +92,8 @@ _ENGINE_FLAGS: dict[str, dict[str, Any]] = {
     "pipeline_parallel_size": dict(type=int, aliases=("-pp",), help="pipeline stages (needs a multi-process executor)"),
     "enable_prefix_caching": dict(action=argparse.BooleanOptionalAction,
                                   help="reuse the KV cache of shared prompt prefixes"),
-    "enforce_eager": dict(action="store_true", help="never capture CUDA graphs"),
+    "enforce_eager": dict(action="store_true", help="never capture CUDA graphs; on CPU's packed path, no C++ call "
+                                                  "of a layer's work around attention (each op from Python)"),
     "cudagraph_mode": dict(type=str.lower, choices=("full_and_piecewise", "full_decode_only"),
                            help="CUDA graphs for decode steps (full_decode_only) or also, cut at attention, for "
                                 "steps with prefill chunks"),

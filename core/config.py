@@ -44,7 +44,7 @@ class EngineConfig:
     num_speculative_tokens: int | None = None
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
-    enforce_eager: bool = False
+    enforce_eager: bool = False  # no CUDA graphs; on CPU's packed path, no C++ decoder blocks (core/cpu_weights.py)
     cudagraph_mode: str = "full_and_piecewise"  # CUDA graphs for which steps (enforce_eager: none); as vLLM
     cpu_weights: str = "auto"  # auto, fp32, packed (GGUF blocks kept for CPU decode), int8, int4 (core/cpu_weights.py)
     cpu_threads: int | None = None  # torch threads of the engine on CPU; None: every core this process may use

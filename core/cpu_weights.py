@@ -133,14 +133,16 @@ def quantized_gguf_types() -> frozenset[int]:
 
 
 def pack_model_weights(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor, tuple[int, ...]]] | None,
-                       max_rows: int = PACKED_MAX_ROWS, requantize_bits: int = 8) -> int:
+                       max_rows: int = PACKED_MAX_ROWS, requantize_bits: int = 8, decoder_blocks: bool = True) -> int:
     """Give every linear layer (and the LM head) whose checkpoint tensors all come in ``blocks`` (HF name, ggml
     type, raw bytes, shape) its packed weights, on one thread (memory-bound copies); returns the bytes packed.
     Other layers stay float32. ``blocks=None`` (``cpu_weights="int8"`` or ``"int4"``): every linear layer gets its
-    float32 weight requantized to ``requantize_bits`` blocks (the LM head to 8 bits), whatever the checkpoint."""
+    float32 weight requantized to ``requantize_bits`` blocks (the LM head to 8 bits), whatever the checkpoint.
+    ``decoder_blocks=False`` (``enforce_eager``): no C++ call of a layer's work around attention; each op of a
+    decode step is dispatched from Python, as on the exact path."""
     with one_cpu_thread():
         shards = _every_layer_requantized(model) if blocks is None else _gguf_shards(model, blocks)
-        return _install(model, shards, max_rows, requantize_bits)
+        return _install(model, shards, max_rows, requantize_bits, decoder_blocks)
 
 
 def _every_layer_requantized(model: nn.Module) -> dict[str, dict[Hashable, Any]]:
@@ -178,7 +180,8 @@ def _gguf_shards(model: nn.Module, blocks: Iterable[tuple[str, int, torch.Tensor
     return shards
 
 
-def _install(model: nn.Module, shards: dict[str, dict[Hashable, Any]], max_rows: int, bits: int) -> int:
+def _install(model: nn.Module, shards: dict[str, dict[Hashable, Any]], max_rows: int, bits: int,
+             decoder_blocks: bool) -> int:
     """Wrap each layer of ``shards`` in its packed scheme (the LM head in PackedLMHead; a shard without blocks of
     its own requantized to ``bits``), then the C++ norms, rotary and decoder blocks; returns the bytes packed."""
     from pegboard.kernels.cpu_build import compiled_ops
@@ -218,10 +221,11 @@ def _install(model: nn.Module, shards: dict[str, dict[Hashable, Any]], max_rows:
     if rotary is not None and hasattr(rotary, "fused_qk"):
         rotary.fused_qk = compiled_ops().rotary_qk_
     blocks = 0
+    decoder_blocks = decoder_blocks and rotary is not None and rotary.fused_qk is not None
     for module in model.modules():  # the packed path is not bit-equal to the exact one anyway: one C++ pass a norm
         if hasattr(module, "fused_add_norm"):
             module.fused_add_norm = compiled_ops().add_rms_norm
-        if hasattr(module, "use_packed_blocks") and rotary is not None and rotary.fused_qk is not None:
+        if decoder_blocks and hasattr(module, "use_packed_blocks"):
             blocks += module.use_packed_blocks(compiled_ops(), max_rows)
     logger.info("packed GGUF blocks for CPU decode: %.1f MB (batches up to %d rows; %d layers as C++ blocks); "
                 "larger batches: %s GEMMs", total / 1e6, max_rows, blocks, str(prefill_dtype).removeprefix("torch."))

@@ -70,7 +70,8 @@ class ModelRunner:
             if packed:
                 bits = {"int8": 8, "int4": 4}.get(config.cpu_weights)  # every layer requantized, whatever the file
                 blocks = None if bits else loader.iter_quantized_blocks(files, hf_config, quantized_gguf_types())
-                pack_model_weights(self.model, blocks, requantize_bits=bits or 8)
+                pack_model_weights(self.model, blocks, requantize_bits=bits or 8,
+                                   decoder_blocks=not config.enforce_eager)
         self.model.eval()
         logger.info("loaded %s (%s, %s) in %.1f s", architecture, self.dtype, self.device,
                     time.perf_counter() - started)

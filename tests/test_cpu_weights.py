@@ -97,6 +97,26 @@ def test_int8_and_int4_requantize_any_checkpoints_linear_layers_and_generate(tin
     assert len(out.token_ids) == 5
 
 
+def test_enforce_eager_keeps_the_packed_weights_but_runs_each_layers_ops_from_python(tiny_llama_dir):
+    """On CPU, enforce_eager turns off the C++ calls of a layer's work around attention (the counterpart of CUDA
+    graphs) and keeps the packed weights; the eager engine gives the same greedy tokens."""
+    from pegboard.core.cpu_weights import PackedCPUScheme
+
+    def engine(**kwargs):
+        return LLM(str(tiny_llama_dir), load_format="dummy", skip_tokenizer_init=True, num_kv_blocks=32, device="cpu",
+                   dtype="float32", cpu_weights="int8", seed=0, **kwargs)
+
+    fused, eager = engine(), engine(enforce_eager=True)
+    assert all(layer.packed_blocks is not None for layer in fused.engine.executor.runner.model.layers)
+    eager_model = eager.engine.executor.runner.model
+    assert all(layer.packed_blocks is None for layer in eager_model.layers)
+    assert all(isinstance(m.scheme, PackedCPUScheme) for m in eager_model.modules() if hasattr(m, "scheme"))
+    prompts = [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4, 5, 6, 7, 8]}]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    tokens = [[o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)] for llm in (fused, eager)]
+    assert tokens[0] == tokens[1]
+
+
 def test_the_packed_lm_head_gives_a_row_the_same_logits_in_any_batch_size(tiny_llama_dir):
     """The packed LM head takes every batch size (it outran the float32 head at all of 1-512 rows): a row's logits
     are the same alone as in a batch of 100, over PACKED_MAX_ROWS, so a greedy token does not depend on how many
